@@ -1,0 +1,1 @@
+"""Synthetic DIXON cohorts: phenotypes, anatomy, signal and DICOM with exact ground truth."""
