@@ -1,0 +1,111 @@
+"""Reading and writing files at the edges of the package.
+
+Every writer here is atomic: it writes a temporary file in the destination folder and
+renames it into place, so a job killed mid-write (SIGKILL, full disk, wall-time limit)
+never leaves a truncated NIfTI, TSV or JSON where a later stage would trust it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+class OutputError(OSError):
+    """An output could not be written; the message names the path and the cause."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    The temporary name keeps the final suffix (``.nii.gz``) so libraries that infer the
+    format from the name still work.
+    """
+    final = Path(path)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            dir=final.parent, prefix=f".{final.name}.", suffix="".join(final.suffixes)
+        )
+        os.close(fd)
+    except OSError as err:
+        raise OutputError(f"cannot write {final}: {err.strerror or err}") from err
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {final}: {err.strerror or err}") from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON (stable bytes for the same content)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in JSON")
+
+
+def write_tsv(path: str | os.PathLike[str], table: pd.DataFrame) -> None:
+    """Write a table as tab-separated text without the index, floats at full precision."""
+    write_text(path, table.to_csv(sep="\t", index=False, lineterminator="\n"))
+
+
+def read_tsv(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a TSV written by :func:`write_tsv` (ids stay strings)."""
+    return pd.read_csv(path, sep="\t", dtype={"participant_id": str})
+
+
+def save_nifti(
+    path: str | os.PathLike[str],
+    array: np.ndarray,
+    affine_ras: np.ndarray,
+    *,
+    descrip: str = "",
+) -> None:
+    """Save ``array`` with a RAS affine as NIfTI-1 atomically.
+
+    The header carries only geometry, data type and ``descrip`` (which callers keep free
+    of identifiers); both sform and qform are set so every reader agrees on geometry.
+    """
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.asarray(array), np.asarray(affine_ras, dtype=float))
+    image.header.set_sform(affine_ras, code=1)
+    image.header.set_qform(affine_ras, code=1)
+    image.header["descrip"] = descrip.encode("ascii")[:79]
+    image.header.set_xyzt_units("mm", "sec")
+    with atomic_path(path) as tmp:
+        # gzip stores the mtime; nibabel's gzip writer sets it to 0 so bytes are reproducible.
+        nib.save(image, tmp)
