@@ -1,0 +1,669 @@
+"""The phantom's bones and muscles, placed on a real body and sized to exact targets.
+
+Positions come from the participant's own landmarks: the real hip joint centres of the
+atlas body (scaled to the participant), and the posterior skin line of the real body
+outline, which gives the spine its lordosis and keeps the gluteus maximus under the skin.
+Distances along the body scale with height (``k = height / 170 cm``).
+
+Painting order is priority: later shapes win where shapes overlap. Target muscles come
+last, so neighbours never eat into them and their volumes are set by calibration alone:
+psoas major (exact from its CSA profile) > iliacus > gluteus minimus > medius > maximus.
+Neighbouring muscles with the same tissue signal (erector spinae, quadratus lumborum,
+piriformis, the hip and thigh muscles of the body layer) touch the targets, so only
+anatomy, not intensity, separates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from myoflow.synth import psoas_profile
+from myoflow.synth.geometry import Grid
+from myoflow.synth.shapes import EllipseStack, paint, stack, subsample_centres
+
+SIDES = ("left", "right")
+TARGET_MUSCLES = ("gluteus_maximus", "gluteus_medius", "gluteus_minimus", "iliacus", "psoas_major")
+"""Target muscles in painting order (last wins)."""
+
+LABELS = {
+    "psoas_major_left": 1,
+    "psoas_major_right": 2,
+    "iliacus_left": 3,
+    "iliacus_right": 4,
+    "gluteus_maximus_left": 5,
+    "gluteus_maximus_right": 6,
+    "gluteus_medius_left": 7,
+    "gluteus_medius_right": 8,
+    "gluteus_minimus_left": 9,
+    "gluteus_minimus_right": 10,
+}
+"""Ground-truth label values (iliopsoas = psoas major + iliacus of one side)."""
+
+CORTEX_MM = 3.0
+DIAPHRAGM_ABOVE_HIP_MM = 360.0  # at 170 cm
+PSOAS_ASPECT = 1.25  # lateral over antero-posterior semi-axis of the psoas cross-section
+
+
+@dataclass(frozen=True)
+class BodyFrame:
+    """Where the participant's skeleton sits: hips, midline and skin measurements."""
+
+    k: float  # skeletal scale, height / 170 cm
+    hip_left: np.ndarray  # LPS mm
+    hip_right: np.ndarray
+    shoulder_z_mm: float
+    sat_mm: float
+    posterior_skin_y: np.ndarray  # (nx, nz) LPS y of the posterior body edge, NaN where none
+    grid: Grid
+
+    @property
+    def x_mid(self) -> float:
+        return float((self.hip_left[0] + self.hip_right[0]) / 2)
+
+    @property
+    def z_hip(self) -> float:
+        return float((self.hip_left[2] + self.hip_right[2]) / 2)
+
+    def hip(self, side: str) -> np.ndarray:
+        return self.hip_left if side == "left" else self.hip_right
+
+    def skin_y(self, x_mm: np.ndarray, z_mm: np.ndarray) -> np.ndarray:
+        """Posterior skin y (mm) at columns x and heights z, smoothed along z."""
+        g = self.grid
+        i = np.clip(
+            np.rint((np.asarray(x_mm) - g.origin_lps_mm[0]) / g.spacing_mm[0]).astype(int),
+            0,
+            g.shape[0] - 1,
+        )
+        z_axis = g.axis_mm(2)
+        y = np.empty(np.broadcast(i, np.asarray(z_mm)).shape)
+        for n, (ii, zz) in enumerate(np.broadcast(i, np.asarray(z_mm))):
+            near = np.abs(z_axis - zz) <= 15.0  # median over +-15 mm tames atlas jaggedness
+            y.flat[n] = np.nanmedian(self.posterior_skin_y[ii, near]) if near.any() else np.nan
+        return y
+
+
+def posterior_skin(body: np.ndarray, grid: Grid) -> np.ndarray:
+    """LPS y (mm) of the most posterior body voxel edge per (x column, slice); NaN if none."""
+    ny = body.shape[1]
+    any_body = body.any(axis=1)
+    last = ny - 1 - np.argmax(body[:, ::-1, :], axis=1)
+    y = grid.origin_lps_mm[1] + (last + 0.5) * grid.spacing_mm[1]
+    return np.where(any_body, y, np.nan)
+
+
+def _x(frame: BodyFrame, sign: float, u: np.ndarray | float) -> np.ndarray:
+    """World x of a lateral offset ``u`` from the midline on one side (+1 left, -1 right)."""
+    return frame.x_mid + sign * np.asarray(u, dtype=float)
+
+
+def _theta(sign: float, du: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """World rotation of an axis pointing (du lateral, dy posterior)."""
+    return np.arctan2(dy, sign * du)
+
+
+def spine_y(frame: BodyFrame, h: np.ndarray) -> np.ndarray:
+    """LPS y (mm) of the vertebral body centre at heights ``h`` above the hips.
+
+    The spine follows the real posterior skin line at a depth of subcutaneous fat plus
+    the back muscles and posterior elements, which reproduces each body's lordosis.
+    """
+    k = frame.k
+    sat_back = 0.6 * frame.sat_mm
+    depth = np.interp(
+        h, [-40 * k, 60 * k, 130 * k], [sat_back + 22 * k, sat_back + 30 * k, sat_back + 65 * k]
+    )
+    y_skin = frame.skin_y(np.full(np.shape(h), frame.x_mid), frame.z_hip + h)
+    fallback = frame.hip_left[1] + 40 * k
+    return np.where(np.isfinite(y_skin), y_skin - depth, fallback)
+
+
+@dataclass(frozen=True)
+class Wing:
+    """The iliac wing of one side at control heights: centre, direction and thickness."""
+
+    h: np.ndarray
+    centre_u: np.ndarray
+    centre_y: np.ndarray
+    half_length: np.ndarray
+    half_thickness: np.ndarray
+    dir_u: np.ndarray  # unit vector from the sacro-iliac end to the anterior spine
+    dir_y: np.ndarray
+
+    def inner_normal(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unit normal into the pelvis (medial and anterior), in (u, y)."""
+        return self.dir_y, -self.dir_u
+
+
+def iliac_wing(frame: BodyFrame, side: str) -> Wing:
+    """Axial cross-sections of the ilium from the acetabular roof to the iliac crest."""
+    k = frame.k
+    hip = frame.hip(side)
+    u_h = abs(hip[0] - frame.x_mid)
+    y_h = hip[1]
+    h = np.array([30, 60, 110, 160, 172]) * k
+    post_u = np.array([u_h - 20 * k, 55 * k, 45 * k, 55 * k, u_h])
+    post_y = y_h + np.array([25, 45, 50, 45, 30]) * k
+    ant_u = np.array([u_h + 22 * k, u_h + 15 * k, u_h + 38 * k, u_h + 48 * k, u_h + 25 * k])
+    ant_y = y_h + np.array([-20, -40, -22, 0, 10]) * k
+    du, dy = ant_u - post_u, ant_y - post_y
+    length = np.hypot(du, dy)
+    return Wing(
+        h=h,
+        centre_u=(post_u + ant_u) / 2,
+        centre_y=(post_y + ant_y) / 2,
+        half_length=length / 2,
+        half_thickness=np.array([16, 9, 7, 6, 4]) * k,
+        dir_u=du / length,
+        dir_y=dy / length,
+    )
+
+
+def _bone(name: str, outer: EllipseStack) -> list[EllipseStack]:
+    """Cortex and the fatty marrow inside it (marrow painted over the cortex)."""
+    inner = EllipseStack(
+        name + "_marrow",
+        "marrow",
+        outer.z_mm,
+        outer.cx_mm,
+        outer.cy_mm,
+        np.maximum(outer.a_mm - CORTEX_MM, 0.0),
+        np.maximum(outer.b_mm - CORTEX_MM, 0.0),
+        outer.theta,
+    )
+    return [outer, inner]
+
+
+def spine_shapes(frame: BodyFrame) -> list[EllipseStack]:
+    """Lumbar/thoracic/cervical column with discs, posterior elements and the sacrum."""
+    k, zc = frame.k, frame.z_hip
+    top = frame.grid.axis_mm(2)[-1] + 10 - zc
+    h = np.linspace(115 * k, top, 40)
+    y = spine_y(frame, h)
+    a = np.interp(h, [115 * k, 300 * k, 500 * k, 650 * k], [24 * k, 20 * k, 16 * k, 12 * k])
+    b = np.interp(h, [115 * k, 300 * k, 500 * k, 650 * k], [18 * k, 16 * k, 14 * k, 9 * k])
+    column = stack("vertebrae", "bone", zc + h, frame.x_mid, y, a, b)
+    shapes = _bone("vertebrae", column)
+    # Intervertebral discs every 37 mm (at 170 cm), starting at L5-S1.
+    for n, h_disc in enumerate(np.arange(115 * k, top, 37 * k)):
+        y_d = float(spine_y(frame, np.array([h_disc]))[0])
+        a_d, b_d = np.interp(h_disc, h, a), np.interp(h_disc, h, b)
+        shapes.append(
+            stack(
+                f"disc_{n}",
+                "disc",
+                zc + h_disc + np.array([-4.5, 4.5]) * k,
+                frame.x_mid,
+                y_d,
+                a_d,
+                b_d,
+            )
+        )
+    shapes.append(
+        stack("posterior_elements", "bone", zc + h, frame.x_mid, y + b + 18 * k, 10 * k, 15 * k)
+    )
+    h_s = np.array([-25, 20, 70, 115]) * k
+    y_s = spine_y(frame, h_s)
+    sacrum = stack(
+        "sacrum",
+        "bone",
+        zc + h_s,
+        frame.x_mid,
+        y_s,
+        np.array([8, 25, 42, 50]) * k,
+        np.array([7, 12, 18, 19]) * k,
+        dense=20,
+    )
+    return [*shapes, *_bone("sacrum", sacrum)]
+
+
+def pelvis_and_femur_shapes(frame: BodyFrame, side: str) -> list[EllipseStack]:
+    """Ilium, ischium, pubis, femoral head, neck, trochanters and shaft of one side."""
+    k, sign = frame.k, (1.0 if side == "left" else -1.0)
+    hip = frame.hip(side)
+    u_h, y_h, z_h = abs(hip[0] - frame.x_mid), hip[1], hip[2]
+    wing = iliac_wing(frame, side)
+    theta = _theta(sign, wing.dir_u, wing.dir_y)
+    shapes = _bone(
+        f"ilium_{side}",
+        stack(
+            f"ilium_{side}",
+            "bone",
+            z_h + wing.h,
+            _x(frame, sign, wing.centre_u),
+            wing.centre_y,
+            wing.half_length,
+            wing.half_thickness,
+            theta,
+            dense=30,
+        ),
+    )
+    radius = 24 * k
+    h_head = np.linspace(-radius, radius, 25)
+    r_head = np.sqrt(np.maximum(radius**2 - h_head**2, 0.0))
+    shapes += _bone(
+        f"femoral_head_{side}",
+        stack(f"femoral_head_{side}", "bone", z_h + h_head, hip[0], y_h, r_head, r_head),
+    )
+    neck_h = np.array([5, -10, -30]) * k
+    shapes += _bone(
+        f"femoral_neck_{side}",
+        stack(
+            f"femoral_neck_{side}",
+            "bone",
+            z_h + neck_h,
+            _x(frame, sign, u_h + np.array([12, 28, 42]) * k),
+            y_h + 5 * k,
+            17 * k,
+            14 * k,
+            _theta(sign, 1.0, 0.15),
+        ),
+    )
+    bottom = frame.grid.axis_mm(2)[0] - 10 - z_h
+    shaft_h = np.array([-30 * k, -120 * k, -250 * k, bottom])
+    shaft_u = u_h + np.array([44, 38, 25, 8]) * k
+    shapes += _bone(
+        f"femur_{side}",
+        stack(
+            f"femur_{side}",
+            "bone",
+            z_h + shaft_h,
+            _x(frame, sign, shaft_u),
+            y_h + np.array([5, 3, 0, -5]) * k,
+            14 * k,
+            14 * k,
+            dense=20,
+        ),
+    )
+    shapes += _bone(
+        f"greater_trochanter_{side}",
+        stack(
+            f"greater_trochanter_{side}",
+            "bone",
+            z_h + np.array([-38, -15, 8]) * k,
+            _x(frame, sign, u_h + 55 * k),
+            y_h + 8 * k,
+            np.array([14, 16, 9]) * k,
+            np.array([16, 18, 10]) * k,
+        ),
+    )
+    shapes += _bone(
+        f"lesser_trochanter_{side}",
+        stack(
+            f"lesser_trochanter_{side}",
+            "bone",
+            z_h + np.array([-70, -58, -46]) * k,
+            _x(frame, sign, u_h + 30 * k),
+            y_h + 14 * k,
+            np.array([6, 10, 6]) * k,
+            np.array([6, 10, 6]) * k,
+        ),
+    )
+    shapes += _bone(
+        f"ischium_{side}",
+        stack(
+            f"ischium_{side}",
+            "bone",
+            z_h + np.array([-60, -30, -5]) * k,
+            _x(frame, sign, u_h - np.array([15, 8, 5]) * k),
+            y_h + np.array([35, 32, 28]) * k,
+            14 * k,
+            16 * k,
+        ),
+    )
+    pubis_u = (u_h - 25 * k + 10 * k) / 2
+    shapes += _bone(
+        f"pubis_{side}",
+        stack(
+            f"pubis_{side}",
+            "bone",
+            z_h + np.array([-28, -15, -4]) * k,
+            _x(frame, sign, pubis_u),
+            y_h - 28 * k,
+            (u_h - 35 * k) / 2 + 6 * k,
+            9 * k,
+            _theta(sign, 1.0, 0.2),
+        ),
+    )
+    return shapes
+
+
+def psoas(frame: BodyFrame, side: str, csa_max_cm2: float, height_cm: float) -> EllipseStack:
+    """Psoas major from the lesser trochanter to T12, its CSA following the shared profile."""
+    k, sign = frame.k, (1.0 if side == "left" else -1.0)
+    hip = frame.hip(side)
+    u_h, y_h, z_h = abs(hip[0] - frame.x_mid), hip[1], hip[2]
+    length = float(psoas_profile.psoas_length_mm(height_cm))
+    z_ins = z_h - psoas_profile.INSERTION_BELOW_HIP_MM_AT_170CM * k
+    t = np.linspace(0.0, 1.0, 161)
+    z = z_ins + t * length
+    area = csa_max_cm2 * 100.0 * psoas_profile.relative_csa(t)
+    a = np.sqrt(area * PSOAS_ASPECT / np.pi)
+    b = np.sqrt(area / (PSOAS_ASPECT * np.pi))
+    # Path: hugging the vertebral bodies above the pelvis, over the brim, anterior to
+    # the femoral head, and back to the lesser trochanter.
+    h_ctrl = np.array([z_ins - z_h, -30 * k, 0.0, 60 * k, 132 * k, 220 * k, z_ins - z_h + length])
+    h = z - z_h
+    a_ctrl = np.interp(h_ctrl, h, a)
+    vb_half = np.interp(h_ctrl, [115 * k, 300 * k], [24 * k, 20 * k])
+    y_vb = spine_y(frame, h_ctrl)
+    u_ctrl = np.array(
+        [u_h + 22 * k, u_h - 8 * k, u_h - 15 * k, 62 * k, *(vb_half[4:] + a_ctrl[4:] + 1.0)]
+    )
+    y_ctrl = np.array(
+        [
+            y_h + 10 * k,
+            y_h - 14 * k,
+            y_h - 32 * k,
+            y_h - 15 * k,
+            y_vb[4] - 5 * k,
+            y_vb[5] - 3 * k,
+            y_vb[6],
+        ]
+    )
+    from scipy.interpolate import PchipInterpolator
+
+    u = PchipInterpolator(h_ctrl, u_ctrl)(h)
+    y = PchipInterpolator(h_ctrl, y_ctrl)(h)
+    return EllipseStack(
+        f"psoas_major_{side}",
+        f"psoas_major_{side}",
+        z,
+        _x(frame, sign, u),
+        y,
+        a,
+        b,
+        np.zeros_like(z),
+    )
+
+
+def iliacus(frame: BodyFrame, side: str, psoas_shape: EllipseStack) -> EllipseStack:
+    """Iliacus lining the iliac fossa, converging onto the psoas towards the hip."""
+    k, sign = frame.k, (1.0 if side == "left" else -1.0)
+    z_h = frame.hip(side)[2]
+    wing = iliac_wing(frame, side)
+    h = np.array([150, 120, 90, 60, 35, 10, -15, -35]) * k
+    a = np.array([30, 42, 44, 38, 26, 16, 10, 5]) * k
+    b = np.array([6, 10, 12, 13, 13, 11, 8, 4]) * k
+    n_u, n_y = wing.inner_normal()
+    on_wing = h >= 35 * k
+    hw = h[on_wing]
+    offset = np.interp(hw, wing.h, wing.half_thickness) + b[on_wing] + 1.0
+    u = np.empty_like(h)
+    y = np.empty_like(h)
+    theta = np.zeros_like(h)
+    u[on_wing] = np.interp(hw, wing.h, wing.centre_u) + np.interp(hw, wing.h, n_u) * offset
+    y[on_wing] = np.interp(hw, wing.h, wing.centre_y) + np.interp(hw, wing.h, n_y) * offset
+    theta[on_wing] = _theta(
+        sign, np.interp(hw, wing.h, wing.dir_u), np.interp(hw, wing.h, wing.dir_y)
+    )
+    cx_ps, cy_ps, a_ps, _, _ = psoas_shape.at(z_h + h[~on_wing])
+    u[~on_wing] = np.abs(cx_ps - frame.x_mid) + a_ps * 0.6 + 10 * k
+    y[~on_wing] = cy_ps - 3 * k
+    theta[~on_wing] = _theta(sign, 1.0, 0.0)
+    return stack(
+        f"iliacus_{side}",
+        f"iliacus_{side}",
+        z_h + h,
+        _x(frame, sign, u),
+        y,
+        a,
+        b,
+        np.unwrap(theta),
+        dense=60,
+    )
+
+
+def gluteals(frame: BodyFrame, side: str) -> list[EllipseStack]:
+    """Gluteus maximus, medius and minimus of one side (painting order)."""
+    k, sign = frame.k, (1.0 if side == "left" else -1.0)
+    hip = frame.hip(side)
+    u_h, y_h, z_h = abs(hip[0] - frame.x_mid), hip[1], hip[2]
+    wing = iliac_wing(frame, side)
+    n_u, n_y = wing.inner_normal()
+
+    def on_outer_surface(h, b, extra):
+        """Centres on the wing's outer (postero-lateral) surface, ``extra`` mm further out."""
+        t = np.interp(h, wing.h, wing.half_thickness) + b + extra
+        return (
+            np.interp(h, wing.h, wing.centre_u) - np.interp(h, wing.h, n_u) * t,
+            np.interp(h, wing.h, wing.centre_y) - np.interp(h, wing.h, n_y) * t,
+            _theta(sign, np.interp(h, wing.h, wing.dir_u), np.interp(h, wing.h, wing.dir_y)),
+        )
+
+    def muscle(name, h, a, b, extra, low_u, low_y):
+        h = np.asarray(h, dtype=float) * k
+        a, b, extra = np.asarray(a) * k, np.asarray(b) * k, np.asarray(extra) * k
+        upper = h >= 35 * k
+        u, y, theta = (np.empty_like(h) for _ in range(3))
+        u[upper], y[upper], theta[upper] = on_outer_surface(h[upper], b[upper], extra[upper])
+        u[~upper] = u_h + np.asarray(low_u) * k
+        y[~upper] = y_h + np.asarray(low_y) * k
+        theta[~upper] = _theta(sign, 0.3, 1.0)
+        return stack(
+            f"{name}_{side}",
+            f"{name}_{side}",
+            z_h + h,
+            _x(frame, sign, u),
+            y,
+            a,
+            b,
+            np.unwrap(theta),
+            dense=50,
+        )
+
+    minimus = muscle(
+        "gluteus_minimus",
+        [115, 90, 60, 35, 10, -15],
+        [22, 32, 36, 30, 20, 10],
+        [6, 8, 9, 9, 8, 5],
+        [1, 1, 1, 1, 0, 0],
+        [42, 45],
+        [2, 6],
+    )
+    b_min = (
+        np.interp(
+            np.array([165, 140, 110, 70, 35]) * k, minimus.z_mm - z_h, minimus.b_mm, left=0, right=0
+        )
+        / k
+    )
+    medius = muscle(
+        "gluteus_medius",
+        [165, 140, 110, 70, 35, 5, -25],
+        [20, 42, 52, 50, 40, 24, 10],
+        [6, 12, 16, 17, 15, 12, 6],
+        [*(2 * b_min + 2), 0, 0],
+        [52, 56],
+        [14, 12],
+    )
+    # Gluteus maximus: posterior, just under the subcutaneous fat of the buttock.
+    h = np.array([125, 95, 60, 25, -10, -45, -80, -115]) * k
+    u = np.array(
+        [40 * k, 55 * k, 72 * k, 88 * k, u_h + 15 * k, u_h + 20 * k, u_h + 25 * k, u_h + 28 * k]
+    )
+    a = np.array([20, 35, 50, 58, 60, 52, 38, 15]) * k
+    b = np.array([10, 18, 24, 28, 28, 24, 18, 8]) * k
+    skin = frame.skin_y(_x(frame, sign, u), z_h + h)
+    sat = 1.15 * frame.sat_mm
+    y = np.where(np.isfinite(skin), skin - sat - 0.9 * b, y_h + 70 * k)
+    theta = _theta(sign, np.cos(np.radians(25)), -np.sin(np.radians(25))) * np.ones_like(h)
+    maximus = stack(
+        f"gluteus_maximus_{side}",
+        f"gluteus_maximus_{side}",
+        z_h + h,
+        _x(frame, sign, u),
+        y,
+        a,
+        b,
+        theta,
+        dense=50,
+    )
+    return [maximus, medius, minimus]
+
+
+def neighbour_muscles(frame: BodyFrame, side: str, psoas_shape: EllipseStack) -> list[EllipseStack]:
+    """Same-signal muscles that touch the targets: erector spinae, quadratus lumborum, piriformis."""
+    k, sign = frame.k, (1.0 if side == "left" else -1.0)
+    hip = frame.hip(side)
+    u_h, y_h, zc = abs(hip[0] - frame.x_mid), hip[1], frame.z_hip
+    top = frame.grid.axis_mm(2)[-1] + 10 - zc
+    h_es = np.linspace(30 * k, top, 30)
+    y_es = spine_y(frame, h_es) + 40 * k
+    a_es = np.interp(h_es, [30 * k, 200 * k, 450 * k], [18 * k, 24 * k, 16 * k])
+    b_es = np.interp(h_es, [30 * k, 200 * k, 450 * k], [14 * k, 20 * k, 13 * k])
+    erector = stack(
+        f"erector_spinae_{side}", "muscle", zc + h_es, _x(frame, sign, 30 * k), y_es, a_es, b_es
+    )
+    h_ql = np.linspace(150 * k, 300 * k, 12)
+    cx_ps, cy_ps, a_ps, b_ps, _ = psoas_shape.at(zc + h_ql)
+    u_ql = np.abs(cx_ps - frame.x_mid) + 0.7 * a_ps + 14 * k
+    ql = stack(
+        f"quadratus_lumborum_{side}",
+        "muscle",
+        zc + h_ql,
+        _x(frame, sign, u_ql),
+        cy_ps + b_ps + 8 * k,
+        20 * k,
+        10 * k,
+        _theta(sign, 1.0, 0.35),
+    )
+    piriformis = stack(
+        f"piriformis_{side}",
+        "muscle",
+        zc + np.array([70, 40, 15]) * k,
+        _x(frame, sign, np.array([42 * k, u_h - 5 * k, u_h + 38 * k])),
+        y_h + np.array([50, 38, 22]) * k,
+        np.array([22, 26, 18]) * k,
+        10 * k,
+        _theta(sign, 1.0, -0.4),
+    )
+    return [erector, ql, piriformis]
+
+
+def visceral_shapes(frame: BodyFrame) -> list[EllipseStack]:
+    """Pelvic cavity, liver and heart: non-muscle tissue filling the trunk."""
+    k, zc = frame.k, frame.z_hip
+    u_h = abs(frame.hip_left[0] - frame.x_mid)
+    y_h = float((frame.hip_left[1] + frame.hip_right[1]) / 2)
+    pelvic = stack(
+        "pelvic_cavity",
+        "visceral",
+        zc + np.array([-30, 40, 110]) * k,
+        frame.x_mid,
+        y_h + np.array([0, 8, 5]) * k,
+        np.array([0.35, 0.5, 0.55]) * u_h,
+        np.array([35, 45, 50]) * k,
+    )
+    diaphragm = DIAPHRAGM_ABOVE_HIP_MM * k
+    y_vb = float(spine_y(frame, np.array([diaphragm]))[0])
+    liver = stack(
+        "liver",
+        "liver",
+        zc + diaphragm + np.array([-100, -20, 40]) * k,
+        frame.x_mid - 55 * k,
+        y_vb - np.array([70, 85, 80]) * k,
+        np.array([50, 80, 60]) * k,
+        np.array([40, 60, 45]) * k,
+        dense=10,
+    )
+    heart = stack(
+        "heart",
+        "heart",
+        zc + diaphragm + np.array([10, 70, 140]) * k,
+        frame.x_mid + 20 * k,
+        y_vb - 95 * k,
+        np.array([45, 60, 40]) * k,
+        np.array([40, 50, 35]) * k,
+        dense=10,
+    )
+    return [pelvic, liver, heart]
+
+
+def calibrate(
+    shape: EllipseStack,
+    above: list[EllipseStack],
+    target_ml: float,
+    grid: Grid,
+    factor: int,
+    iterations: int = 3,
+) -> EllipseStack:
+    """Scale ``shape``'s cross-sections until its rendered volume, under the shapes painted
+    after it (``above``), matches ``target_ml`` on the same supersampled lattice as the
+    final rendering."""
+    scale = np.sqrt(target_ml / shape.volume_ml())
+    current = shape.scaled(scale)
+    for _ in range(iterations):
+        volume = rendered_volume_ml(current, above, grid, factor)
+        if volume <= 0:
+            break
+        correction = np.sqrt(target_ml / volume)
+        current = current.scaled(correction)
+        if abs(correction - 1.0) < 2e-4:
+            break
+    return current
+
+
+def rendered_volume_ml(
+    shape: EllipseStack, above: list[EllipseStack], grid: Grid, factor: int
+) -> float:
+    """Volume (ml) of ``shape`` left visible when ``above`` is painted over it."""
+    xs = subsample_centres(grid, 0, factor)
+    ys = subsample_centres(grid, 1, factor)
+    zs = subsample_centres(grid, 2, factor)
+    reach = float(np.max(np.maximum(shape.a_mm, shape.b_mm)))
+    keep_x = (xs >= shape.cx_mm.min() - reach) & (xs <= shape.cx_mm.max() + reach)
+    keep_y = (ys >= shape.cy_mm.min() - reach) & (ys <= shape.cy_mm.max() + reach)
+    keep_z = (zs >= shape.z_mm[0]) & (zs <= shape.z_mm[-1])
+    xs, ys, zs = xs[keep_x], ys[keep_y], zs[keep_z]
+    canvas = np.zeros((xs.size, ys.size, zs.size), dtype=np.uint8)
+    paint(canvas, 1, shape, xs, ys, zs)
+    for other in above:
+        paint(canvas, 2, other, xs, ys, zs)
+    sample_ml = grid.voxel_volume_ml / factor**3
+    return float(np.count_nonzero(canvas == 1)) * sample_ml
+
+
+def target_shapes(
+    frame: BodyFrame, targets: dict, height_cm: float, grid: Grid, factor: int
+) -> list[EllipseStack]:
+    """All target muscles of both sides, sized to ``targets``, in painting order."""
+    by_side: dict[str, dict[str, EllipseStack]] = {}
+    for side in SIDES:
+        ps = psoas(frame, side, targets[f"psoas_max_csa_{side}_cm2"], height_cm)
+        raw = {"psoas_major": ps, "iliacus": iliacus(frame, side, ps)}
+        raw.update(
+            zip(
+                ("gluteus_maximus", "gluteus_medius", "gluteus_minimus"),
+                gluteals(frame, side),
+                strict=True,
+            )
+        )
+        done = {"psoas_major": ps}
+        # Calibrate from the highest priority down: each muscle only loses volume to the
+        # ones painted after it, which are final by then.
+        for muscle in reversed(TARGET_MUSCLES[:-1]):
+            above = [done[m] for m in TARGET_MUSCLES[TARGET_MUSCLES.index(muscle) + 1 :]]
+            done[muscle] = calibrate(
+                raw[muscle], above, targets[f"vol_{muscle}_{side}_ml"], grid, factor
+            )
+        by_side[side] = done
+    return [by_side[side][m] for m in TARGET_MUSCLES for side in SIDES]
+
+
+def build_shapes(
+    frame: BodyFrame, targets: dict, height_cm: float, grid: Grid, factor: int
+) -> list[EllipseStack]:
+    """Every shape of the phantom in painting order (targets last, psoas on top)."""
+    targets_list = target_shapes(frame, targets, height_cm, grid, factor)
+    psoas_by_side = {
+        s.name.rsplit("_", 1)[1]: s for s in targets_list if s.name.startswith("psoas")
+    }
+    shapes = visceral_shapes(frame)
+    for side in SIDES:
+        shapes += neighbour_muscles(frame, side, psoas_by_side[side])
+    shapes += spine_shapes(frame)
+    for side in SIDES:
+        shapes += pelvis_and_femur_shapes(frame, side)
+    return shapes + targets_list
