@@ -504,7 +504,7 @@ def gluteals(frame: BodyFrame, side: str) -> list[EllipseStack]:
 
 
 def neighbour_muscles(frame: BodyFrame, side: str, psoas_shape: EllipseStack) -> list[EllipseStack]:
-    """Same-signal muscles that touch the targets: erector spinae, quadratus lumborum, piriformis."""
+    """Same-signal muscles touching the targets: erector spinae, quadratus lumborum, piriformis."""
     k, sign = frame.k, (1.0 if side == "left" else -1.0)
     hip = frame.hip(side)
     u_h, y_h, zc = abs(hip[0] - frame.x_mid), hip[1], frame.z_hip
@@ -587,22 +587,38 @@ def calibrate(
     target_ml: float,
     grid: Grid,
     factor: int,
-    iterations: int = 3,
+    iterations: int = 6,
+    tolerance: float = 0.002,
 ) -> EllipseStack:
     """Scale ``shape``'s cross-sections until its rendered volume, under the shapes painted
     after it (``above``), matches ``target_ml`` on the same supersampled lattice as the
-    final rendering."""
-    scale = np.sqrt(target_ml / shape.volume_ml())
-    current = shape.scaled(scale)
+    final rendering.
+
+    The visible share of the shape grows with its scale (a bigger iliacus escapes the
+    psoas), so a plain ``sqrt(target / volume)`` update overshoots and oscillates. A secant
+    step on log(volume) against log(scale) converges in a few renders.
+    """
+    log_target = np.log(target_ml)
+    scale = float(np.sqrt(target_ml / shape.volume_ml()))
+    history: list[tuple[float, float]] = []
+    best = (np.inf, scale)
     for _ in range(iterations):
-        volume = rendered_volume_ml(current, above, grid, factor)
+        volume = rendered_volume_ml(shape.scaled(scale), above, grid, factor)
         if volume <= 0:
+            scale *= 1.5
+            continue
+        miss = abs(volume / target_ml - 1.0)
+        best = min(best, (miss, scale))
+        if miss < tolerance:
             break
-        correction = np.sqrt(target_ml / volume)
-        current = current.scaled(correction)
-        if abs(correction - 1.0) < 2e-4:
-            break
-    return current
+        history.append((np.log(scale), np.log(volume)))
+        if len(history) >= 2 and history[-1][0] != history[-2][0]:
+            (s0, v0), (s1, v1) = history[-2:]
+            slope = np.clip((v1 - v0) / (s1 - s0), 1.0, 4.0)  # area ~ scale**2, more if unhidden
+        else:
+            slope = 2.0
+        scale = float(np.exp(history[-1][0] + (log_target - history[-1][1]) / slope))
+    return shape.scaled(best[1])
 
 
 def rendered_volume_ml(

@@ -22,9 +22,9 @@ N_BODIES = 40
 
 # Population references that map "average participant" onto "average atlas body".
 _REF_WEIGHT_PER_HEIGHT = 76.6 / 169.4  # kg/cm, UK Biobank mean weight over mean height
-_SHOULDER_HIP_PER_HEIGHT = 0.31  # shoulder-to-hip-joint distance as a fraction of height
-_SCALE_LIMITS_Z = (0.85, 1.2)
-_SCALE_LIMITS_XY = (0.7, 1.45)
+SHOULDER_HIP_PER_HEIGHT = 0.31  # shoulder-to-hip-joint distance as a fraction of height
+SCALE_LIMITS_Z = (0.85, 1.2)
+SCALE_LIMITS_XY = (0.7, 1.45)
 
 
 def atlas_root() -> Path:
@@ -53,7 +53,7 @@ class AtlasBody:
 
     @property
     def height_estimate_cm(self) -> float:
-        return (self.shoulder_z_mm - self.hip_centre_lps_mm[2]) / _SHOULDER_HIP_PER_HEIGHT / 10
+        return (self.shoulder_z_mm - self.hip_centre_lps_mm[2]) / SHOULDER_HIP_PER_HEIGHT / 10
 
 
 SUMMARY_COLUMNS = (
@@ -152,9 +152,9 @@ def body_scaling(body: AtlasBody, height_cm: float, weight_kg: float) -> BodySca
     so the average participant gets the average atlas girth. Both are clipped to keep
     extreme phenotypes anatomically plausible.
     """
-    scale_z = float(np.clip(height_cm / body.height_estimate_cm, *_SCALE_LIMITS_Z))
+    scale_z = float(np.clip(height_cm / body.height_estimate_cm, *SCALE_LIMITS_Z))
     target_area = _mean_trunk_area_cm2() * (weight_kg / height_cm) / _REF_WEIGHT_PER_HEIGHT
-    scale_xy = float(np.clip(np.sqrt(target_area / body.trunk_area_cm2), *_SCALE_LIMITS_XY))
+    scale_xy = float(np.clip(np.sqrt(target_area / body.trunk_area_cm2), *SCALE_LIMITS_XY))
     return BodyScaling(scale_z, scale_xy, body.hip_centre_lps_mm)
 
 

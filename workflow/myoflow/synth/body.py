@@ -33,7 +33,7 @@ def inside_distance_mm(body: np.ndarray, grid: Grid) -> np.ndarray:
 
 
 def sat_profile_mm(frame: BodyFrame, h_mm: np.ndarray) -> np.ndarray:
-    """Subcutaneous fat thickness by height above the hips: thick at hips and belly, thin at the neck."""
+    """Subcutaneous fat thickness (mm) by height above the hips: thick at hips, thin at the neck."""
     k = frame.k
     shoulder = frame.shoulder_z_mm - frame.z_hip
     levels = [

@@ -27,7 +27,12 @@ def show_slice(ax, image_2d: np.ndarray, labels_2d: np.ndarray, aspect: float, v
     for name, value in LABELS.items():
         mask = labels_2d == value
         if mask.any():
-            ax.contour(mask.T.astype(np.float32), levels=[0.5], colors=[COLOURS[name.rsplit("_", 1)[0]]], linewidths=0.8)
+            ax.contour(
+                mask.T.astype(np.float32),
+                levels=[0.5],
+                colors=[COLOURS[name.rsplit("_", 1)[0]]],
+                linewidths=0.8,
+            )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -58,8 +63,14 @@ def render_preview(
     j = int(np.clip(round((hip_lps_mm[1] - grid.origin_lps_mm[1]) / sy), 0, ny - 1))
     k_hip = int(np.clip(round((hip_lps_mm[2] - grid.origin_lps_mm[2]) / sz), 0, nz - 1))
     levels = {"L4": k_hip + round(130 / sz), "hips": k_hip, "buttocks": k_hip - round(45 / sz)}
-    vmax = float(np.percentile(np.concatenate([water[::3, ::3, ::3].ravel(), fat[::3, ::3, ::3].ravel()]), 99.5))
-    fig, axes = plt.subplots(2, 4, figsize=(13, 7.2), gridspec_kw={"width_ratios": [1.0, 1.2, 1.2, 1.2]})
+    vmax = float(
+        np.percentile(
+            np.concatenate([water[::3, ::3, ::3].ravel(), fat[::3, ::3, ::3].ravel()]), 99.5
+        )
+    )
+    fig, axes = plt.subplots(
+        2, 4, figsize=(13, 7.2), gridspec_kw={"width_ratios": [1.0, 1.2, 1.2, 1.2]}
+    )
     for row, (name, image) in enumerate((("water", water), ("fat", fat))):
         # i runs to the patient's left = viewer's right; k runs up, so flip it for the screen.
         show_slice(axes[row, 0], image[:, j, ::-1], labels[:, j, ::-1], sz / sx, vmax)

@@ -1,0 +1,407 @@
+"""Write a synthetic cohort as a biobank would deliver it, with its exact ground truth.
+
+Layout of ``OUT``:
+
+- ``participants.tsv``: the participant sheet the workflow reads (id, DICOM path, release).
+- ``phenotypes.tsv``: sex, age, height, weight, BMI, handedness, ethnicity, release.
+- ``truth.tsv``: measured truth per participant (volumes, CSA, fat fractions, hips,
+  artefacts); ``targets.tsv``: what the anatomy was built to match.
+- ``identifiers.tsv``: the planted fake identifiers written into the DICOM headers
+  (the "linkage key" a leak test searches every output for).
+- ``manifest.json``: parameters, geometry, labels and the planted population effects.
+- ``dicom/{participant}/S{series:03d}/IM_{slice:04d}.dcm`` (or ``dicom/{participant}.zip``).
+- ``truth/{participant}/labels.nii.gz``: ground-truth labels on the stitched grid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from myoflow import __version__
+from myoflow.io import save_nifti, write_json, write_tsv
+from myoflow.synth import atlas, effects, phenotypes, psoas_profile
+from myoflow.synth.anatomy import LABELS
+from myoflow.synth.dicom_writer import PatientInfo, SeriesInfo, write_series, zip_directory
+from myoflow.synth.geometry import Protocol, protocol
+from myoflow.synth.render import render_participant
+from myoflow.synth.rng import participant_rng
+from myoflow.synth.signal import (
+    CHANNELS,
+    ArtefactRates,
+    sample_artefacts,
+    station_channels,
+    station_grid,
+)
+
+_SURNAMES = (
+    "Hartley",
+    "Okafor",
+    "Lindqvist",
+    "Moreau",
+    "Castellano",
+    "Brennan",
+    "Nakamura",
+    "Petrov",
+    "Achterberg",
+    "Quinlan",
+)
+_GIVEN = (
+    "Imogen",
+    "Tobias",
+    "Saoirse",
+    "Mateo",
+    "Ingrid",
+    "Rafael",
+    "Anouk",
+    "Casimir",
+    "Fenella",
+    "Oskar",
+)
+_INSTITUTIONS = (
+    "Stockport Imaging Centre",
+    "Reading Imaging Centre",
+    "Newcastle Imaging Centre",
+    "Bristol Imaging Centre",
+)
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """Everything that determines a cohort's content (same spec -> same bytes)."""
+
+    out: Path
+    participants: int
+    protocol: str
+    seed: int
+    size: str = "full"
+    truth_only: bool = False
+    zip: bool = False
+    rates: ArtefactRates = ArtefactRates()
+    release_size: int | None = None
+    first_index: int = 1
+    preview: bool = False
+    workers: int = 1
+
+
+def planted_identifiers(seed: int, index: int, participant: pd.Series) -> PatientInfo:
+    """Fake but realistic identifiers for the DICOM headers of one participant."""
+    rng = participant_rng(seed, index, "identifiers")
+    study_day = np.datetime64("2014-04-01") + int(rng.integers(0, 2200))
+    birth_day = study_day - int(round(float(participant["age"]) * 365.25))
+    given = _GIVEN[int(rng.integers(len(_GIVEN)))]
+    return PatientInfo(
+        patient_name=f"{_SURNAMES[int(rng.integers(len(_SURNAMES)))]}^{given}",
+        patient_id=f"HOSP-{int(rng.integers(10**7, 10**8))}",
+        birth_date=str(birth_day).replace("-", ""),
+        sex=str(participant["sex"]),
+        age_years=int(participant["age"]),
+        weight_kg=float(participant["weight_kg"]),
+        height_m=float(participant["height_cm"]) / 100,
+        institution=_INSTITUTIONS[int(rng.integers(len(_INSTITUTIONS)))],
+        study_date=str(study_day).replace("-", ""),
+        study_time="".join(f"{int(v):02d}" for v in (rng.integers(8, 19), *rng.integers(0, 60, 2))),
+    )
+
+
+def planned_hips(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Hip joint centres (LPS mm) each participant's anatomy is built on, vectorised.
+
+    The same mapping as :func:`myoflow.synth.render.body_frame`: the atlas body's hips
+    scaled about their midpoint by the skeletal (height) scale in-plane and by the body
+    length scale along z.
+    """
+    summary = atlas.atlas_summary()[table["atlas_body"].to_numpy()]
+    left, right = summary[:, 0:3], summary[:, 3:6]
+    centre = (left + right) / 2
+    height_est = (summary[:, 6] - centre[:, 2]) / atlas.SHOULDER_HIP_PER_HEIGHT / 10
+    height = table["height_cm"].to_numpy()
+    skeletal = np.clip(height / height_est, 0.85, 1.2)
+    length = np.clip(height / height_est, *atlas.SCALE_LIMITS_Z)
+    scale = np.stack([skeletal, skeletal, length], axis=1)
+    out = {}
+    for side, hip in (("left", left), ("right", right)):
+        moved = centre + (hip - centre) * scale
+        for axis, name in enumerate("xyz"):
+            out[f"hip_{side}_{name}_mm"] = moved[:, axis]
+    return out
+
+
+def planned_truth(table: pd.DataFrame, artefact_records: list[dict]) -> pd.DataFrame:
+    """Truth without images (``--truth-only``): the targets the anatomy would be built to.
+
+    Rendered anatomy matches these within 2 % (tested), so statistics and scale tests can
+    use 100,000 participants without rendering any.
+    """
+    truth = table[
+        ["participant_id", *[c for c in table.columns if c.startswith(("vol_", "psoas_", "ff_"))]]
+    ].copy()
+    hips = planned_hips(table)
+    k = table["height_cm"].to_numpy() / 170.0
+    above_hip = (
+        psoas_profile.T_MAX * psoas_profile.PSOAS_LENGTH_MM_AT_170CM
+        - psoas_profile.INSERTION_BELOW_HIP_MM_AT_170CM
+    ) * k
+    for side in ("left", "right"):
+        truth[f"psoas_max_csa_z_{side}_mm"] = hips[f"hip_{side}_z_mm"] + above_hip
+        truth[f"psoas_max_csa_z_{side}_above_hip_mm"] = above_hip
+    for name, values in hips.items():
+        truth[name] = values
+    return _finish_truth(truth, table, artefact_records)
+
+
+def _finish_truth(
+    truth: pd.DataFrame, table: pd.DataFrame, artefact_records: list[dict]
+) -> pd.DataFrame:
+    """Add derived totals and artefact columns in a fixed column order."""
+    with_height = truth.merge(
+        table[["participant_id", "height_cm"]], on="participant_id", how="left"
+    )
+    derived = phenotypes.add_derived(with_height).drop(columns="height_cm")
+    artefacts = pd.DataFrame(artefact_records)
+    artefacts.insert(0, "participant_id", table["participant_id"].to_numpy())
+    merged = derived.merge(artefacts, on="participant_id", how="left")
+    return merged[truth_columns(merged.columns)]
+
+
+def truth_columns(available: Iterable[str]) -> list[str]:
+    """The truth table's column order."""
+    order = ["participant_id"]
+    order += [f"vol_{name}_ml" for name in LABELS]
+    order += list(phenotypes.DERIVED_COLUMNS)
+    for side in ("left", "right"):
+        order += [
+            f"psoas_max_csa_{side}_cm2",
+            f"psoas_max_csa_z_{side}_mm",
+            f"psoas_max_csa_z_{side}_above_hip_mm",
+        ]
+    order += [c for c in phenotypes.TARGET_COLUMNS if c.startswith("ff_")]
+    order += [f"hip_{side}_{axis}_mm" for side in ("left", "right") for axis in "xyz"]
+    order += [
+        "artefacts",
+        "artefact_swap_station",
+        "artefact_partial_swap_station",
+        "artefact_partial_swap_fraction",
+    ]
+    order += ["artefact_missing_station", "artefact_missing_channel"]
+    available = list(available)
+    return [c for c in order if c in available]
+
+
+def _participant_job(args: tuple[CohortSpec, dict, int, dict]) -> dict:
+    spec, row, index, artefact_fields = args
+    return generate_participant(spec, row, index, artefact_fields)
+
+
+def generate_participant(spec: CohortSpec, row: dict, index: int, artefact_fields: dict) -> dict:
+    """Render one participant, write its DICOM and labels; return its measured truth."""
+    from myoflow.synth.signal import Artefacts
+
+    proto = protocol(spec.protocol, spec.size)
+    grid = proto.grid
+    artefacts = Artefacts(**artefact_fields)
+    phantom = render_participant(row, grid, participant_rng(spec.seed, index, "texture"))
+    pid = row["participant_id"]
+    patient = planted_identifiers(spec.seed, index, pd.Series(row))
+    noise_rng = participant_rng(spec.seed, index, "noise")
+    dicom_root = spec.out / "dicom"
+    dicom_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{pid}.", dir=dicom_root))
+    swapped = 0.0
+    try:
+        swapped = _write_stations(proto, phantom, artefacts, noise_rng, staging, spec, pid, patient)
+        _publish(staging, dicom_root, pid, spec.zip)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    save_nifti(
+        spec.out / "truth" / pid / "labels.nii.gz",
+        phantom.labels,
+        grid.affine_ras(),
+        descrip="myoflow synthetic truth labels",
+    )
+    truth = {"participant_id": pid, **phantom.truth}
+    for muscle in (
+        "psoas_major",
+        "iliacus",
+        "gluteus_maximus",
+        "gluteus_medius",
+        "gluteus_minimus",
+        "muscle",
+    ):
+        truth[f"ff_{muscle}"] = float(row[f"ff_{muscle}"])
+    truth["artefact_partial_swap_fraction"] = swapped
+    if spec.preview and index == spec.first_index:
+        from myoflow.synth.preview import render_preview
+
+        title = (
+            f"{pid}: {row['sex']}, {row['age']:.0f} y, {row['height_cm']:.0f} cm,"
+            f" BMI {row['bmi']:.1f} (truth outlined)"
+        )
+        render_preview(
+            spec.out / "preview.png",
+            phantom.water,
+            phantom.fat,
+            phantom.labels,
+            grid,
+            title,
+            phantom.frame.hip_left,
+        )
+    return truth
+
+
+def _write_stations(
+    proto: Protocol,
+    phantom,
+    artefacts,
+    rng,
+    staging: Path,
+    spec: CohortSpec,
+    pid: str,
+    patient: PatientInfo,
+) -> float:
+    """Write every delivered series of one participant; return the partial-swap fraction."""
+    swapped = 0.0
+    direction = np.eye(3)
+    for station in proto.stations:
+        channels, fraction = station_channels(phantom.water, phantom.fat, station, artefacts, rng)
+        if artefacts.partial_swap_station == station.number:
+            swapped = fraction
+        if artefacts.missing_station == station.number:
+            continue
+        sub_grid = station_grid(proto.grid, station)
+        for c, channel in enumerate(CHANNELS):
+            if artefacts.missing_channel == f"{channel}@{station.number}":
+                continue
+            number = (station.number - 1) * len(CHANNELS) + c + 1
+            series = SeriesInfo(
+                protocol=spec.protocol,
+                channel=channel,
+                station=station.number,
+                series_number=number,
+                uid_seed=f"{spec.seed}:{pid}",
+            )
+            write_series(
+                channels[channel],
+                origin_lps_mm=np.array(sub_grid.origin_lps_mm),
+                spacing_mm=np.array(sub_grid.spacing_mm),
+                direction=direction,
+                out_dir=staging / f"S{number:03d}",
+                series=series,
+                patient=patient,
+            )
+    return swapped
+
+
+def _publish(staging: Path, dicom_root: Path, pid: str, as_zip: bool) -> None:
+    """Move a finished participant into place in one rename (or one atomic zip write)."""
+    final_dir, final_zip = dicom_root / pid, dicom_root / f"{pid}.zip"
+    shutil.rmtree(final_dir, ignore_errors=True)
+    final_zip.unlink(missing_ok=True)
+    if as_zip:
+        zip_directory(staging, final_zip)
+    else:
+        os.replace(staging, final_dir)
+
+
+def generate_cohort(spec: CohortSpec) -> pd.DataFrame:
+    """Generate the cohort described by ``spec``; return its truth table."""
+    table = phenotypes.sample_cohort(
+        spec.seed,
+        spec.participants,
+        spec.protocol,
+        release_size=spec.release_size,
+        first_index=spec.first_index,
+    )
+    indices = range(spec.first_index, spec.first_index + spec.participants)
+    n_stations = len(protocol(spec.protocol, spec.size).stations)
+    artefacts = [
+        sample_artefacts(participant_rng(spec.seed, i, "artefacts"), n_stations, spec.rates)
+        for i in indices
+    ]
+    spec.out.mkdir(parents=True, exist_ok=True)
+    if spec.truth_only:
+        truth = planned_truth(table, [a.record() for a in artefacts])
+    else:
+        rows = table.to_dict("records")
+        jobs = [
+            (spec, row, i, asdict(a)) for row, i, a in zip(rows, indices, artefacts, strict=True)
+        ]
+        if spec.workers > 1:
+            with ProcessPoolExecutor(spec.workers) as pool:
+                measured = list(pool.map(_participant_job, jobs))
+        else:
+            measured = [_participant_job(job) for job in jobs]
+        records = [a.record() for a in artefacts]
+        truth = _finish_truth(pd.DataFrame(measured), table, records)
+        ids = [
+            planted_identifiers(spec.seed, i, pd.Series(row))
+            for row, i in zip(rows, indices, strict=True)
+        ]
+        identifiers = pd.DataFrame([asdict(p) for p in ids])
+        identifiers.insert(0, "participant_id", table["participant_id"].to_numpy())
+        write_tsv(spec.out / "identifiers.tsv", identifiers)
+        suffix = ".zip" if spec.zip else ""
+        sheet = pd.DataFrame(
+            {
+                "participant_id": table["participant_id"],
+                "dicom": [f"dicom/{p}{suffix}" for p in table["participant_id"]],
+                "release": table["release"],
+            }
+        )
+        write_tsv(spec.out / "participants.tsv", sheet)
+    write_tsv(spec.out / "phenotypes.tsv", table[list(phenotypes.PHENOTYPE_COLUMNS)])
+    write_tsv(
+        spec.out / "targets.tsv", table[["participant_id", *[c for c in phenotypes.TARGET_COLUMNS]]]
+    )
+    write_tsv(spec.out / "truth.tsv", _rounded(truth))
+    write_json(spec.out / "manifest.json", manifest(spec))
+    return truth
+
+
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    """Round floats to 6 significant decimals so TSV bytes do not depend on float noise."""
+    out = table.copy()
+    for column in out.columns:
+        if pd.api.types.is_float_dtype(out[column]):
+            out[column] = out[column].round(6)
+    return out
+
+
+def manifest(spec: CohortSpec) -> dict:
+    """What was generated, how, and what population effects were planted."""
+    proto = protocol(spec.protocol, spec.size)
+    return {
+        "generator": "myoflow synth",
+        "version": __version__,
+        "protocol": spec.protocol,
+        "size": spec.size,
+        "seed": spec.seed,
+        "participants": spec.participants,
+        "first_index": spec.first_index,
+        "release_size": spec.release_size,
+        "truth_only": spec.truth_only,
+        "zip": spec.zip,
+        "artefact_rates": asdict(spec.rates),
+        "grid": {
+            "shape": proto.grid.shape,
+            "spacing_mm": proto.grid.spacing_mm,
+            "origin_lps_mm": proto.grid.origin_lps_mm,
+            "orientation": "LPS (i->L, j->P, k->S)",
+        },
+        "stations": [asdict(s) for s in proto.stations],
+        "channels": list(CHANNELS),
+        "labels": LABELS,
+        "derived_labels": {
+            "iliopsoas_left": ["psoas_major_left", "iliacus_left"],
+            "iliopsoas_right": ["psoas_major_right", "iliacus_right"],
+        },
+        "planted_effects": effects.planted_effects(spec.protocol),
+    }
