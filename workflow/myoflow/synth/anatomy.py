@@ -57,6 +57,7 @@ class BodyFrame:
     sat_mm: float
     posterior_skin_y: np.ndarray  # (nx, nz) LPS y of the posterior body edge, NaN where none
     grid: Grid
+    interior: np.ndarray  # bool grid: inside the body, under the subcutaneous fat
 
     @property
     def x_mid(self) -> float:
@@ -587,6 +588,7 @@ def calibrate(
     target_ml: float,
     grid: Grid,
     factor: int,
+    interior: np.ndarray | None = None,
     iterations: int = 6,
     tolerance: float = 0.002,
 ) -> EllipseStack:
@@ -603,7 +605,7 @@ def calibrate(
     history: list[tuple[float, float]] = []
     best = (np.inf, scale)
     for _ in range(iterations):
-        volume = rendered_volume_ml(shape.scaled(scale), above, grid, factor)
+        volume = rendered_volume_ml(shape.scaled(scale), above, grid, factor, interior)
         if volume <= 0:
             scale *= 1.5
             continue
@@ -622,9 +624,14 @@ def calibrate(
 
 
 def rendered_volume_ml(
-    shape: EllipseStack, above: list[EllipseStack], grid: Grid, factor: int
+    shape: EllipseStack,
+    above: list[EllipseStack],
+    grid: Grid,
+    factor: int,
+    interior: np.ndarray | None = None,
 ) -> float:
-    """Volume (ml) of ``shape`` left visible when ``above`` is painted over it."""
+    """Volume (ml) of ``shape`` left visible when ``above`` is painted over it, counting
+    only samples in ``interior`` voxels (as :func:`render_chunks` clips them)."""
     xs = subsample_centres(grid, 0, factor)
     ys = subsample_centres(grid, 1, factor)
     zs = subsample_centres(grid, 2, factor)
@@ -637,8 +644,12 @@ def rendered_volume_ml(
     paint(canvas, 1, shape, xs, ys, zs)
     for other in above:
         paint(canvas, 2, other, xs, ys, zs)
+    visible = canvas == 1
+    if interior is not None:
+        voxel = [np.flatnonzero(keep) // factor for keep in (keep_x, keep_y, keep_z)]
+        visible &= interior[np.ix_(*voxel)]
     sample_ml = grid.voxel_volume_ml / factor**3
-    return float(np.count_nonzero(canvas == 1)) * sample_ml
+    return float(np.count_nonzero(visible)) * sample_ml
 
 
 def target_shapes(
@@ -662,7 +673,12 @@ def target_shapes(
         for muscle in reversed(TARGET_MUSCLES[:-1]):
             above = [done[m] for m in TARGET_MUSCLES[TARGET_MUSCLES.index(muscle) + 1 :]]
             done[muscle] = calibrate(
-                raw[muscle], above, targets[f"vol_{muscle}_{side}_ml"], grid, factor
+                raw[muscle],
+                above,
+                targets[f"vol_{muscle}_{side}_ml"],
+                grid,
+                factor,
+                frame.interior,
             )
         by_side[side] = done
     return [by_side[side][m] for m in TARGET_MUSCLES for side in SIDES]

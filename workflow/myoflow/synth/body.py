@@ -73,18 +73,21 @@ def visceral_fat_share(
 
 def body_layer(
     body: np.ndarray,
+    depth: np.ndarray,
     grid: Grid,
     frame: BodyFrame,
     targets: Mapping[str, float],
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Noiseless water and fat signal of the body layer (float32, grid shape)."""
+    """Noiseless water and fat signal of the body layer (float32, grid shape).
+
+    ``depth`` is :func:`inside_distance_mm` of ``body``.
+    """
     k = frame.k
     h = grid.axis_mm(2) - frame.z_hip
     sat = sat_profile_mm(frame, h)[None, None, :]
     wall = np.where(h > DIAPHRAGM_ABOVE_HIP_MM * k, 15.0 * k, 12.0 * k)[None, None, :]
     width = float(grid.spacing_mm[0])
-    depth = inside_distance_mm(body, grid)
     skin = ndimage.gaussian_filter(body.astype(np.float32), (0.6, 0.6, 0.0))
     under_fat = _soft_step(depth, sat, width)
     core = _soft_step(depth, sat + wall, width)

@@ -9,13 +9,13 @@ layer fills what no shape covers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from myoflow.synth import atlas
 from myoflow.synth.anatomy import LABELS, BodyFrame, build_shapes, posterior_skin
-from myoflow.synth.body import body_layer
+from myoflow.synth.body import body_layer, inside_distance_mm, sat_profile_mm
 from myoflow.synth.geometry import Grid
 from myoflow.synth.shapes import block_mean, render_chunks
 from myoflow.synth.tissues import water_fat
@@ -38,11 +38,13 @@ def body_frame(
     body: atlas.AtlasBody,
     scaling: atlas.BodyScaling,
     mask: np.ndarray,
+    depth_mm: np.ndarray,
     grid: Grid,
     height_cm: float,
     sat_mm: float,
 ) -> BodyFrame:
-    """Participant landmarks: atlas hips and shoulders mapped with a skeletal scale."""
+    """Participant landmarks (atlas hips and shoulders mapped with a skeletal scale) and
+    the interior where bones and muscles may lie: under the subcutaneous fat."""
     skeletal = height_cm / body.height_estimate_cm
     skeletal = float(np.clip(skeletal, 0.85, 1.2))
     hip_left = atlas.scaled_landmark(body.hip_left_lps_mm, scaling, skeletal)
@@ -50,7 +52,7 @@ def body_frame(
     shoulder_z = (
         scaling.pivot_lps_mm[2] + (body.shoulder_z_mm - scaling.pivot_lps_mm[2]) * scaling.scale_z
     )
-    return BodyFrame(
+    frame = BodyFrame(
         k=height_cm / 170.0,
         hip_left=hip_left,
         hip_right=hip_right,
@@ -58,7 +60,10 @@ def body_frame(
         sat_mm=sat_mm,
         posterior_skin_y=posterior_skin(mask, grid),
         grid=grid,
+        interior=mask,
     )
+    sat = sat_profile_mm(frame, grid.axis_mm(2) - frame.z_hip)
+    return replace(frame, interior=depth_mm >= sat[None, None, :])
 
 
 def render_participant(
@@ -69,9 +74,11 @@ def render_participant(
     height = float(participant["height_cm"])
     scaling = atlas.body_scaling(body, height, float(participant["weight_kg"]))
     mask = atlas.resample_body(body, scaling, grid)
-    frame = body_frame(body, scaling, mask, grid, height, float(participant["sat_thickness_mm"]))
+    depth = inside_distance_mm(mask, grid)
+    sat = float(participant["sat_thickness_mm"])
+    frame = body_frame(body, scaling, mask, depth, grid, height, sat)
     shapes = build_shapes(frame, participant, height, grid, SUPERSAMPLE)
-    water, fat = body_layer(mask, grid, frame, participant, rng)
+    water, fat = body_layer(mask, depth, grid, frame, participant, rng)
 
     signal = np.array(
         [(0.0, 0.0)] + [water_fat(s.tissue, participant) for s in shapes], dtype=np.float32
@@ -83,7 +90,7 @@ def render_participant(
     n_labels = max(LABELS.values()) + 1
     sample_counts = np.zeros((n_labels, grid.shape[2]), dtype=np.int64)  # per label, per slice
     f = SUPERSAMPLE
-    for chunk in render_chunks(shapes, grid, f):
+    for chunk in render_chunks(shapes, grid, f, allowed=frame.interior):
         covered = block_mean((chunk.labels > 0).astype(np.float32), f)
         part = slice(chunk.k0, chunk.k1)
         water[:, :, part] = (

@@ -140,12 +140,17 @@ class Chunk:
 
 
 def render_chunks(
-    shapes: Sequence[EllipseStack], grid: Grid, factor: int = 2, chunk_slices: int = 8
+    shapes: Sequence[EllipseStack],
+    grid: Grid,
+    factor: int = 2,
+    chunk_slices: int = 8,
+    allowed: np.ndarray | None = None,
 ) -> Iterator[Chunk]:
     """Rasterise ``shapes`` in painting order, ``chunk_slices`` slices at a time.
 
     Each grid voxel holds ``factor**3`` samples; a sample belongs to the last shape in
-    ``shapes`` that contains it (0 = none). Chunks bound the memory of the canvas.
+    ``shapes`` that contains it (0 = none). Samples in voxels where ``allowed`` (bool,
+    grid shape) is False stay 0. Chunks bound the memory of the canvas.
     """
     if len(shapes) > 254:
         raise ValueError("at most 254 shapes fit a uint8 canvas")
@@ -157,7 +162,16 @@ def render_chunks(
         canvas = np.zeros((xs.size, ys.size, zs.size), dtype=np.uint8)
         for value, shape in enumerate(shapes, start=1):
             paint(canvas, value, shape, xs, ys, zs)
+        if allowed is not None:
+            canvas[~upsample(allowed[:, :, k0:k1], factor)] = 0
         yield Chunk(k0, k1, canvas)
+
+
+def upsample(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Repeat every voxel ``factor`` times along each axis (grid -> supersample lattice)."""
+    for axis in range(3):
+        mask = np.repeat(mask, factor, axis=axis)
+    return mask
 
 
 def block_mean(samples: np.ndarray, factor: int) -> np.ndarray:
