@@ -1,0 +1,50 @@
+# Loads and validates the participant sheet once, at parse time, and holds the input
+# functions that the stages use. Parsing must stay cheap (every cluster job parses the
+# workflow again): read one TSV, never list DICOM trees.
+
+import os
+
+from myoflow.participants import (
+    PARTICIPANT_WILDCARD,
+    load_sheet,
+    resolve_dicom_path,
+    validate_sheet,
+)
+from myoflow.shards import SHARD_WILDCARD, assign_shards
+
+SHEET_PATH = config["participants"]
+SHEET = load_sheet(SHEET_PATH)
+validate_sheet(SHEET, source=SHEET_PATH)
+if workflow.is_main_process:  # seconds for 100,000 rows: not again in every job
+    validate(SHEET, "../config/schemas/participants.schema.yaml")
+SHARDS = assign_shards(SHEET, config["shards"]["size"])
+SHARD_DICOM = {
+    shard: [str(resolve_dicom_path(SHEET_PATH, value)) for value in members]
+    for shard, members in SHARDS.groupby("shard", sort=True)["dicom"]
+}
+
+
+wildcard_constraints:
+    shard=SHARD_WILDCARD,
+    participant=PARTICIPANT_WILDCARD,
+
+
+def all_shards():
+    """Names of all shards, sorted (release, then number)."""
+    return list(SHARD_DICOM)
+
+
+def shard_dicom_inputs(wildcards):
+    """The DICOM folders and zips of one shard's participants that exist.
+
+    One stat per participant, when the job is planned. Missing ones are left out so that
+    the job runs and records them as excluded instead of the workflow stopping; a folder
+    that appears later changes the job's input set, which reruns the shard (rerun
+    trigger `input`).
+    """
+    return [path for path in SHARD_DICOM[wildcards.shard] if os.path.exists(path)]
+
+
+def final_outputs():
+    """Every target of `rule all`."""
+    return ["results/cohort/inventory.tsv"]

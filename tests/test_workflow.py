@@ -1,0 +1,149 @@
+"""The workflow itself: lint, a dry run, and real runs on three tiny participants."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from dicom_helpers import make_dicom_folder, write_sheet, zip_folder
+from myoflow.io import read_tsv
+
+ROOT = Path(__file__).parents[1]
+BIN = Path(sys.executable).parent
+WORKFLOW_FILES = ["Snakefile", "rules", "config", "envs", "workflow/scripts"]
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run Snakemake with this environment's tools first on PATH (as `make` does)."""
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def check(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """A copy of the workflow with a cohort of 3 (r1): a folder, a zip, a missing folder."""
+    for name in WORKFLOW_FILES:
+        source, target = ROOT / name, tmp_path / name
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+    data = tmp_path / "data"
+    make_dicom_folder(data / "dicom" / "P001")
+    zip_folder(make_dicom_folder(tmp_path / "staging" / "P002"), data / "dicom" / "P002.zip")
+    write_sheet(
+        data / "participants.tsv",
+        [
+            ("P002", "dicom/P002.zip", "r1"),
+            ("P001", "dicom/P001", "r1"),
+            ("P003", "dicom/P003", "r1"),
+        ],
+    )
+    config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    config |= {"participants": "data/participants.tsv", "shards": {"size": 2}}
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake run or dry run, as rule -> count."""
+    lines = output.split("Job stats:")[1].splitlines()
+    counts = {}
+    for line in lines[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_lint_passes():
+    output = check(
+        snakemake("--lint", "--config", "participants=config/participants.example.tsv", cwd=ROOT)
+    )
+    assert "Lints for" not in output
+
+
+def test_dry_run_plans_one_job_per_shard(workdir):
+    output = check(snakemake("-n", "--profile", "config/profiles/local", cwd=workdir))
+    assert job_counts(output) == {"inventory_shard": 2, "inventory_cohort": 1, "all": 1}
+    assert "results/shards/r1-0000/inventory.tsv" in output
+    assert "results/shards/r1-0001/inventory.tsv" in output
+
+
+def test_bad_sheet_stops_the_workflow_naming_the_row(workdir):
+    sheet = workdir / "data" / "participants.tsv"
+    sheet.write_text(sheet.read_text() + "../P004\tdicom/P004\tr1\n")
+    result = snakemake("-n", "--profile", "config/profiles/local", cwd=workdir)
+    assert result.returncode != 0
+    assert "data row 4 (line 5): participant_id '../P004'" in result.stdout + result.stderr
+
+
+def test_real_run_then_a_new_release(workdir):
+    check(snakemake("--profile", "config/profiles/local", "--cores", "2", cwd=workdir))
+
+    cohort = read_tsv(workdir / "results" / "cohort" / "inventory.tsv").set_index("participant_id")
+    assert list(cohort.index) == ["P001", "P002", "P003"]
+    assert list(cohort["shard"]) == ["r1-0000", "r1-0000", "r1-0001"]
+    assert list(cohort["status"]) == ["ok", "ok", "excluded"]
+    assert cohort.loc["P003", "reason"] == "dicom_missing"
+    assert list(cohort["n_series"]) == [2, 2, 0]
+    participants = workdir / "results" / "participants"
+    for ok in ["P001", "P002"]:
+        assert len(read_tsv(participants / ok / "dicom" / "inventory.tsv")) == 2
+        assert not (participants / ok / "exclusion.json").exists()
+    exclusion = json.loads((participants / "P003" / "exclusion.json").read_text())
+    assert (exclusion["stage"], exclusion["reason"]) == ("inventory", "dicom_missing")
+    for shard in ["r1-0000", "r1-0001"]:
+        assert (workdir / "logs" / "shards" / shard / "inventory.log").stat().st_size > 0
+        assert (workdir / "benchmarks" / "shards" / shard / "inventory.tsv").is_file()
+
+    # Nothing left to do.
+    assert "Nothing to be done" in check(
+        snakemake("-n", "--profile", "config/profiles/local", cwd=workdir)
+    )
+
+    # Release r2 arrives: only its shard and the gather run; r1's shard tables stay.
+    r1_tables = {
+        s: (workdir / "results" / "shards" / s / "inventory.tsv") for s in ["r1-0000", "r1-0001"]
+    }
+    r1_mtimes = {s: path.stat().st_mtime_ns for s, path in r1_tables.items()}
+    make_dicom_folder(workdir / "data" / "dicom" / "Q001")
+    sheet = workdir / "data" / "participants.tsv"
+    sheet.write_text(sheet.read_text() + "Q001\tdicom/Q001\tr2\n")
+    output = check(snakemake("--profile", "config/profiles/local", "--cores", "2", cwd=workdir))
+    assert job_counts(output) == {"inventory_shard": 1, "inventory_cohort": 1, "all": 1}
+    assert {s: path.stat().st_mtime_ns for s, path in r1_tables.items()} == r1_mtimes
+    cohort = read_tsv(workdir / "results" / "cohort" / "inventory.tsv")
+    assert list(cohort["participant_id"]) == ["P001", "P002", "P003", "Q001"]
+    assert cohort["status"].tolist()[-1] == "ok"
+
+    # P003's folder appears: its shard's input set changes, so that shard alone reruns.
+    make_dicom_folder(workdir / "data" / "dicom" / "P003")
+    output = check(snakemake("--profile", "config/profiles/local", "--cores", "2", cwd=workdir))
+    assert job_counts(output) == {"inventory_shard": 1, "inventory_cohort": 1, "all": 1}
+    assert r1_tables["r1-0000"].stat().st_mtime_ns == r1_mtimes["r1-0000"]
+    assert r1_tables["r1-0001"].stat().st_mtime_ns > r1_mtimes["r1-0001"]
+    cohort = read_tsv(workdir / "results" / "cohort" / "inventory.tsv")
+    assert cohort["status"].tolist() == ["ok"] * 4
+    assert not (participants / "P003" / "exclusion.json").exists()
