@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 from myoflow.synth.geometry import protocol
 from myoflow.synth.signal import ArtefactRates

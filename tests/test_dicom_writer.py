@@ -17,6 +17,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+
 from myoflow.synth.dicom_writer import (
     PatientInfo,
     SeriesInfo,
@@ -25,7 +27,6 @@ from myoflow.synth.dicom_writer import (
     write_series,
     zip_directory,
 )
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 # Odd, unequal sizes and spacings so that any swap of i/j, rows/columns or PixelSpacing
 # order changes shapes or positions.

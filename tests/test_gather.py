@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from myoflow.gather import TableError, concat_tables
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from dicom_helpers import SERIES, make_dicom_folder, write_sheet, write_slice, zip_folder
+
 from myoflow import inventory as inv
 from myoflow.cli import main
 from myoflow.io import read_tsv

@@ -9,6 +9,7 @@ import jsonschema
 import pandas as pd
 import pytest
 import yaml
+
 from myoflow.participants import (
     PARTICIPANT_ID_PATTERN,
     PARTICIPANT_WILDCARD,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from myoflow.synth import psoas_profile
 from myoflow.synth.phenotypes import add_derived, sample_cohort
 

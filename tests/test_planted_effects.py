@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
+
 from myoflow.synth import effects
 from myoflow.synth.effects import planted_effects
 from myoflow.synth.phenotypes import sample_cohort

@@ -6,6 +6,7 @@ import re
 
 import pandas as pd
 import pytest
+
 from myoflow.shards import SHARD_WILDCARD, ShardError, assign_shards, shard_members
 
 

@@ -16,12 +16,13 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
+
 from myoflow.synth import phenotypes
 from myoflow.synth.anatomy import LABELS
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 from myoflow.synth.geometry import protocol
 from myoflow.synth.signal import ArtefactRates
-from scipy import ndimage
 
 NO_ARTEFACTS = ArtefactRates(swap=0, partial_swap=0, missing_station=0, missing_channel=0)
 ALL_ARTEFACTS = ArtefactRates(swap=1, partial_swap=1, missing_station=1, missing_channel=1)

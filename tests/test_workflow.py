@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dicom_helpers import make_dicom_folder, write_sheet, zip_folder
+
 from myoflow.io import read_tsv
 
 ROOT = Path(__file__).parents[1]
