@@ -21,21 +21,8 @@ from myoflow.synth.phenotypes import sample_cohort
 
 N = 2000
 SEXES = ("F", "M")
-VARIABLES = (
-    "vol_iliopsoas_total_ml",
-    "psoas_max_csa_total_cm2",
-    "vol_gluteus_total_ml",
-    "height_cm",
-    "weight_kg",
-    "bmi",
-    "imi_ml_m2",
-)
-CORRELATIONS = (
-    ("vol_iliopsoas_total_ml", "height_cm"),
-    ("imi_ml_m2", "bmi"),
-    ("vol_iliopsoas_total_ml", "psoas_max_csa_total_cm2"),
-    ("vol_iliopsoas_total_ml", "vol_gluteus_total_ml"),
-)
+VARIABLES = effects.VARIABLES
+CORRELATIONS = effects.CORRELATIONS
 
 
 @pytest.fixture(scope="module")

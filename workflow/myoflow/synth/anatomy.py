@@ -162,10 +162,10 @@ def iliac_wing(frame: BodyFrame, side: str) -> Wing:
     )
 
 
-def _bone(name: str, outer: EllipseStack) -> list[EllipseStack]:
+def _bone(outer: EllipseStack) -> list[EllipseStack]:
     """Cortex and the fatty marrow inside it (marrow painted over the cortex)."""
     inner = EllipseStack(
-        name + "_marrow",
+        outer.name + "_marrow",
         "marrow",
         outer.z_mm,
         outer.cx_mm,
@@ -186,7 +186,7 @@ def spine_shapes(frame: BodyFrame) -> list[EllipseStack]:
     a = np.interp(h, [115 * k, 300 * k, 500 * k, 650 * k], [24 * k, 20 * k, 16 * k, 12 * k])
     b = np.interp(h, [115 * k, 300 * k, 500 * k, 650 * k], [18 * k, 16 * k, 14 * k, 9 * k])
     column = stack("vertebrae", "bone", zc + h, frame.x_mid, y, a, b)
-    shapes = _bone("vertebrae", column)
+    shapes = _bone(column)
     # Intervertebral discs every 37 mm (at 170 cm), starting at L5-S1.
     for n, h_disc in enumerate(np.arange(115 * k, top, 37 * k)):
         y_d = float(spine_y(frame, np.array([h_disc]))[0])
@@ -217,7 +217,7 @@ def spine_shapes(frame: BodyFrame) -> list[EllipseStack]:
         np.array([7, 12, 18, 19]) * k,
         dense=20,
     )
-    return [*shapes, *_bone("sacrum", sacrum)]
+    return [*shapes, *_bone(sacrum)]
 
 
 def pelvis_and_femur_shapes(frame: BodyFrame, side: str) -> list[EllipseStack]:
@@ -228,7 +228,6 @@ def pelvis_and_femur_shapes(frame: BodyFrame, side: str) -> list[EllipseStack]:
     wing = iliac_wing(frame, side)
     theta = _theta(sign, wing.dir_u, wing.dir_y)
     shapes = _bone(
-        f"ilium_{side}",
         stack(
             f"ilium_{side}",
             "bone",
@@ -245,12 +244,10 @@ def pelvis_and_femur_shapes(frame: BodyFrame, side: str) -> list[EllipseStack]:
     h_head = np.linspace(-radius, radius, 25)
     r_head = np.sqrt(np.maximum(radius**2 - h_head**2, 0.0))
     shapes += _bone(
-        f"femoral_head_{side}",
         stack(f"femoral_head_{side}", "bone", z_h + h_head, hip[0], y_h, r_head, r_head),
     )
     neck_h = np.array([5, -10, -30]) * k
     shapes += _bone(
-        f"femoral_neck_{side}",
         stack(
             f"femoral_neck_{side}",
             "bone",
@@ -266,7 +263,6 @@ def pelvis_and_femur_shapes(frame: BodyFrame, side: str) -> list[EllipseStack]:
     shaft_h = np.array([-30 * k, -120 * k, -250 * k, bottom])
     shaft_u = u_h + np.array([44, 38, 25, 8]) * k
     shapes += _bone(
-        f"femur_{side}",
         stack(
             f"femur_{side}",
             "bone",
@@ -279,7 +275,6 @@ def pelvis_and_femur_shapes(frame: BodyFrame, side: str) -> list[EllipseStack]:
         ),
     )
     shapes += _bone(
-        f"greater_trochanter_{side}",
         stack(
             f"greater_trochanter_{side}",
             "bone",
@@ -291,7 +286,6 @@ def pelvis_and_femur_shapes(frame: BodyFrame, side: str) -> list[EllipseStack]:
         ),
     )
     shapes += _bone(
-        f"lesser_trochanter_{side}",
         stack(
             f"lesser_trochanter_{side}",
             "bone",
@@ -303,7 +297,6 @@ def pelvis_and_femur_shapes(frame: BodyFrame, side: str) -> list[EllipseStack]:
         ),
     )
     shapes += _bone(
-        f"ischium_{side}",
         stack(
             f"ischium_{side}",
             "bone",
@@ -316,7 +309,6 @@ def pelvis_and_femur_shapes(frame: BodyFrame, side: str) -> list[EllipseStack]:
     )
     pubis_u = (u_h - 25 * k + 10 * k) / 2
     shapes += _bone(
-        f"pubis_{side}",
         stack(
             f"pubis_{side}",
             "bone",
