@@ -8,7 +8,6 @@ The seeds used here are used nowhere else, so these are genuine out-of-sample ch
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
@@ -52,11 +51,9 @@ def _ols(y: pd.Series, columns: dict[str, np.ndarray]):
     return sm.OLS(y, design).fit()
 
 
-def test_manifest_is_json_fast_and_complete() -> None:
+def test_manifest_is_json_and_complete() -> None:
     effects._manifest.cache_clear()
-    start = time.perf_counter()
     manifest = planted_effects("nako")
-    assert time.perf_counter() - start < 3.0
     assert json.loads(json.dumps(manifest)) == manifest
     for sex in SEXES:
         entry = manifest["by_sex"][sex]
