@@ -90,6 +90,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--preview", action="store_true", help="also write preview.png of the first participant"
     )
     parser.add_argument(
+        "--noiseless",
+        action="store_true",
+        help="also write truth/{participant}/water_noiseless.nii.gz (bias, no noise)",
+    )
+    parser.add_argument(
         "--workers", type=_positive, default=1, help="participants rendered in parallel"
     )
     parser.set_defaults(func=run)
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         first_index=args.first_index,
         preview=args.preview,
         workers=args.workers,
+        noiseless=args.noiseless,
     )
     started = time.perf_counter()
     truth = generate_cohort(spec)

@@ -37,6 +37,7 @@ from myoflow.synth.rng import participant_rng
 from myoflow.synth.signal import (
     CHANNELS,
     ArtefactRates,
+    bias_field,
     sample_artefacts,
     station_channels,
     station_grid,
@@ -90,6 +91,7 @@ class CohortSpec:
     first_index: int = 1
     preview: bool = False
     workers: int = 1
+    noiseless: bool = False  # also write truth/{participant}/water_noiseless.nii.gz
 
 
 def planted_identifiers(seed: int, index: int, participant: pd.Series) -> PatientInfo:
@@ -215,9 +217,14 @@ def generate_participant(spec: CohortSpec, row: dict, index: int, artefact_field
     dicom_root = spec.out / "dicom"
     dicom_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{pid}.", dir=dicom_root))
+    # One coil sensitivity over the whole body: what every station sees where it overlaps.
+    bias = bias_field(grid.shape, participant_rng(spec.seed, index, "bias"))
+    water, fat = phantom.water * bias, phantom.fat * bias
     swapped = 0.0
     try:
-        swapped = _write_stations(proto, phantom, artefacts, noise_rng, staging, spec, pid, patient)
+        swapped = _write_stations(
+            proto, water, fat, artefacts, noise_rng, staging, spec, pid, patient
+        )
         _publish(staging, dicom_root, pid, spec.zip)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -227,6 +234,13 @@ def generate_participant(spec: CohortSpec, row: dict, index: int, artefact_field
         grid.affine_ras(),
         descrip="myoflow synthetic truth labels",
     )
+    if spec.noiseless:
+        save_nifti(
+            spec.out / "truth" / pid / "water_noiseless.nii.gz",
+            water.astype(np.float32),
+            grid.affine_ras(),
+            descrip="myoflow synthetic noiseless water",
+        )
     truth = {"participant_id": pid, **phantom.truth}
     for muscle in (
         "psoas_major",
@@ -259,7 +273,8 @@ def generate_participant(spec: CohortSpec, row: dict, index: int, artefact_field
 
 def _write_stations(
     proto: Protocol,
-    phantom,
+    water: np.ndarray,
+    fat: np.ndarray,
     artefacts,
     rng,
     staging: Path,
@@ -271,7 +286,7 @@ def _write_stations(
     swapped = 0.0
     direction = np.eye(3)
     for station in proto.stations:
-        channels, fraction = station_channels(phantom.water, phantom.fat, station, artefacts, rng)
+        channels, fraction = station_channels(water, fat, station, artefacts, rng)
         if artefacts.partial_swap_station == station.number:
             swapped = fraction
         if artefacts.missing_station == station.number:
@@ -389,6 +404,7 @@ def manifest(spec: CohortSpec) -> dict:
         "release_size": spec.release_size,
         "truth_only": spec.truth_only,
         "zip": spec.zip,
+        "noiseless": spec.noiseless,
         "artefact_rates": asdict(spec.rates),
         "grid": {
             "shape": proto.grid.shape,

@@ -1,9 +1,12 @@
 """From noiseless water and fat to what each station's scanner reconstruction delivers.
 
-Per station: a smooth receive-coil bias field (the same for all four channels, different
-for each station), optional fat-water swaps, two-point Dixon in-phase (W + F) and
-opposed-phase (|W - F|) images, and Rician noise on every magnitude image. Artefacts are
-drawn per participant from their own random stream and recorded in the truth.
+A smooth receive-coil bias field over the whole body (a function of patient position, so
+the same for all four channels and wherever stations overlap), then per station optional
+fat-water swaps, two-point Dixon in-phase (W + F) and opposed-phase (|W - F|) images, and
+Rician noise on every magnitude image. Because the bias is one field, the generator's
+noiseless stitched water (``--noiseless``) is well defined and stitching can be checked
+against it. Artefacts are drawn per participant from their own random stream and
+recorded in the truth.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def sample_artefacts(rng: np.random.Generator, n_stations: int, rates: ArtefactR
 
 
 def bias_field(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-    """A smooth multiplicative coil sensitivity over one station (mean ~1, within +-12 %).
+    """A smooth multiplicative coil sensitivity over a volume (mean ~1, within +-12 %).
 
     A second-order polynomial in normalised coordinates, exponentiated: smooth, positive,
     and separable enough to evaluate cheaply on a full station.
@@ -151,14 +154,14 @@ def station_channels(
 ) -> tuple[dict[str, np.ndarray], float]:
     """The four noisy channels of one station, and the fraction of its voxels swapped.
 
-    ``water`` and ``fat`` are the noiseless stitched volumes; the station is a slab of
-    them. In-phase and opposed-phase images are swap-invariant (a swap only mislabels
-    which Dixon solution is water), which is what automatic swap detection can use.
+    ``water`` and ``fat`` are the noiseless stitched volumes with the coil bias applied;
+    the station is a slab of them. In-phase and opposed-phase images are swap-invariant
+    (a swap only mislabels which Dixon solution is water), which is what automatic swap
+    detection can use.
     """
     part = slice(station.start, station.stop)
-    bias = bias_field(water[:, :, part].shape, rng)
-    w = water[:, :, part] * bias
-    f = fat[:, :, part] * bias
+    w = water[:, :, part]
+    f = fat[:, :, part]
     swapped_fraction = 0.0
     if artefacts.swap_station == station.number:
         w, f = f, w
