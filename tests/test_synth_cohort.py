@@ -326,3 +326,18 @@ def test_truth_only_cohort_recovers_planted_effects(tmp_path):
             a, b = key.split("|")
             observed = np.corrcoef(group[a], group[b])[0, 1]
             assert abs(np.arctanh(observed) - np.arctanh(r)) < 3 / np.sqrt(n - 3), (sex, key)
+
+
+def test_truth_only_agrees_with_rendered_truth(clean_cohort):
+    """--truth-only predicts what rendering measures: hips exactly, CSA height within a slice."""
+    from myoflow.synth.cohort import planned_truth
+
+    rendered = pd.read_csv(clean_cohort / "truth.tsv", sep="\t")
+    table = phenotypes.sample_cohort(11, 2, "ukbb")
+    planned = planned_truth(table, [{"artefacts": "none"}] * 2)
+    hips = [f"hip_{s}_{a}_mm" for s in ("left", "right") for a in "xyz"]
+    np.testing.assert_allclose(rendered[hips], planned[hips], atol=1e-3)
+    slice_mm = protocol("ukbb", "small").grid.spacing_mm[2]
+    for side in ("left", "right"):
+        column = f"psoas_max_csa_z_{side}_above_hip_mm"
+        assert np.all(np.abs(rendered[column] - planned[column]) <= 1.5 * slice_mm), column

@@ -158,16 +158,14 @@ def body_scaling(body: AtlasBody, height_cm: float, weight_kg: float) -> BodySca
     return BodyScaling(scale_z, scale_xy, body.hip_centre_lps_mm)
 
 
-def scaled_landmark(
-    point_lps_mm: np.ndarray, scaling: BodyScaling, skeletal_xy: float
-) -> np.ndarray:
-    """Map an atlas landmark into the participant: z by length, x/y by ``skeletal_xy``.
+def scaled_landmark(point_lps_mm: np.ndarray, scaling: BodyScaling) -> np.ndarray:
+    """Map an atlas landmark (a bone) into the participant.
 
-    Bones do not widen with weight, so landmarks use a skeletal in-plane scale (height
-    based) rather than the girth scale of the body outline.
+    Bones do not widen with weight: landmarks scale with body length (height) along every
+    axis, not with the girth scale of the body outline.
     """
     offset = np.asarray(point_lps_mm, dtype=float) - scaling.pivot_lps_mm
-    return scaling.pivot_lps_mm + offset * np.array([skeletal_xy, skeletal_xy, scaling.scale_z])
+    return scaling.pivot_lps_mm + offset * scaling.scale_z
 
 
 def resample_body(body: AtlasBody, scaling: BodyScaling, grid: Grid) -> np.ndarray:

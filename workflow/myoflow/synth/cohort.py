@@ -118,17 +118,14 @@ def planned_hips(table: pd.DataFrame) -> dict[str, np.ndarray]:
     """Hip joint centres (LPS mm) each participant's anatomy is built on, vectorised.
 
     The same mapping as :func:`myoflow.synth.render.body_frame`: the atlas body's hips
-    scaled about their midpoint by the skeletal (height) scale in-plane and by the body
-    length scale along z.
+    scaled about their midpoint by the body length (height) scale.
     """
     summary = atlas.atlas_summary()[table["atlas_body"].to_numpy()]
     left, right = summary[:, 0:3], summary[:, 3:6]
     centre = (left + right) / 2
     height_est = (summary[:, 6] - centre[:, 2]) / atlas.SHOULDER_HIP_PER_HEIGHT / 10
     height = table["height_cm"].to_numpy()
-    skeletal = np.clip(height / height_est, 0.85, 1.2)
-    length = np.clip(height / height_est, *atlas.SCALE_LIMITS_Z)
-    scale = np.stack([skeletal, skeletal, length], axis=1)
+    scale = np.clip(height / height_est, *atlas.SCALE_LIMITS_Z)[:, None]
     out = {}
     for side, hip in (("left", left), ("right", right)):
         moved = centre + (hip - centre) * scale

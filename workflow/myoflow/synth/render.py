@@ -45,10 +45,8 @@ def body_frame(
 ) -> BodyFrame:
     """Participant landmarks (atlas hips and shoulders mapped with a skeletal scale) and
     the interior where bones and muscles may lie: under the subcutaneous fat."""
-    skeletal = height_cm / body.height_estimate_cm
-    skeletal = float(np.clip(skeletal, 0.85, 1.2))
-    hip_left = atlas.scaled_landmark(body.hip_left_lps_mm, scaling, skeletal)
-    hip_right = atlas.scaled_landmark(body.hip_right_lps_mm, scaling, skeletal)
+    hip_left = atlas.scaled_landmark(body.hip_left_lps_mm, scaling)
+    hip_right = atlas.scaled_landmark(body.hip_right_lps_mm, scaling)
     shoulder_z = (
         scaling.pivot_lps_mm[2] + (body.shoulder_z_mm - scaling.pivot_lps_mm[2]) * scaling.scale_z
     )
