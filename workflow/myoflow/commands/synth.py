@@ -95,6 +95,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also write truth/{participant}/water_noiseless.nii.gz (bias, no noise)",
     )
     parser.add_argument(
+        "--bad-inputs",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="damage this fraction of participants, one bad-input case each (bad_inputs.tsv)",
+    )
+    parser.add_argument(
         "--workers", type=_positive, default=1, help="participants rendered in parallel"
     )
     parser.set_defaults(func=run)
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         preview=args.preview,
         workers=args.workers,
         noiseless=args.noiseless,
+        bad_inputs=args.bad_inputs,
     )
     started = time.perf_counter()
     truth = generate_cohort(spec)

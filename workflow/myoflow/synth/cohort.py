@@ -28,7 +28,7 @@ import pandas as pd
 
 from myoflow import __version__
 from myoflow.io import save_nifti, write_json, write_tsv
-from myoflow.synth import atlas, effects, phenotypes, psoas_profile
+from myoflow.synth import atlas, corrupt, effects, phenotypes, psoas_profile
 from myoflow.synth.anatomy import LABELS
 from myoflow.synth.dicom_writer import PatientInfo, SeriesInfo, write_series, zip_directory
 from myoflow.synth.geometry import Protocol, protocol
@@ -92,6 +92,7 @@ class CohortSpec:
     preview: bool = False
     workers: int = 1
     noiseless: bool = False  # also write truth/{participant}/water_noiseless.nii.gz
+    bad_inputs: float = 0.0  # fraction of participants given one case of corrupt.CASES
 
 
 def planted_identifiers(seed: int, index: int, participant: pd.Series) -> PatientInfo:
@@ -195,13 +196,33 @@ def truth_columns(available: Iterable[str]) -> list[str]:
     return [c for c in order if c in available]
 
 
-def _participant_job(args: tuple[CohortSpec, dict, int, dict]) -> dict:
-    spec, row, index, artefact_fields = args
-    return generate_participant(spec, row, index, artefact_fields)
+def _participant_job(args: tuple[CohortSpec, dict, int, dict, str]) -> dict:
+    return generate_participant(*args)
 
 
-def generate_participant(spec: CohortSpec, row: dict, index: int, artefact_fields: dict) -> dict:
-    """Render one participant, write its DICOM and labels; return its measured truth."""
+def bad_input_cases(spec: CohortSpec) -> dict[int, str]:
+    """Which participants (by index) get which bad-input case, deterministically.
+
+    Cases go round :data:`corrupt.CASES` in order over a seeded shuffle of participants,
+    so a fraction covering at least ``len(CASES)`` participants includes every case.
+    """
+    count = int(round(spec.bad_inputs * spec.participants))
+    if count == 0:
+        return {}
+    order = participant_rng(spec.seed, 0, "bad-inputs").permutation(spec.participants)
+    cases = corrupt.CASES if not spec.truth_only else corrupt.PHENOTYPE_CASES
+    chosen = sorted(int(i) + spec.first_index for i in order[:count])
+    return {index: cases[n % len(cases)] for n, index in enumerate(chosen)}
+
+
+def generate_participant(
+    spec: CohortSpec, row: dict, index: int, artefact_fields: dict, case: str = ""
+) -> dict:
+    """Render one participant, write its DICOM and labels; return its measured truth.
+
+    ``case`` names a bad-input case to apply to the written DICOM (see :mod:`corrupt`);
+    what was done is returned under ``bad_input_detail``.
+    """
     from myoflow.synth.signal import Artefacts
 
     proto = protocol(spec.protocol, spec.size)
@@ -218,11 +239,17 @@ def generate_participant(spec: CohortSpec, row: dict, index: int, artefact_field
     bias = bias_field(grid.shape, participant_rng(spec.seed, index, "bias"))
     water, fat = phantom.water * bias, phantom.fat * bias
     swapped = 0.0
+    detail = ""
+    damage_rng = participant_rng(spec.seed, index, "damage")
     try:
         swapped = _write_stations(
             proto, water, fat, artefacts, noise_rng, staging, spec, pid, patient
         )
-        _publish(staging, dicom_root, pid, spec.zip)
+        if case in corrupt.DICOM_CASES:
+            detail = corrupt.DICOM_CASES[case][0](staging, damage_rng)
+        _publish(staging, dicom_root, pid, spec.zip or case == corrupt.ZIP_CASE)
+        if case == corrupt.ZIP_CASE:
+            detail = corrupt.corrupt_zip(dicom_root / f"{pid}.zip", damage_rng)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     save_nifti(
@@ -249,6 +276,7 @@ def generate_participant(spec: CohortSpec, row: dict, index: int, artefact_field
     ):
         truth[f"ff_{muscle}"] = float(row[f"ff_{muscle}"])
     truth["artefact_partial_swap_fraction"] = swapped
+    truth["bad_input_detail"] = detail
     if spec.preview and index == spec.first_index:
         from myoflow.synth.preview import render_preview
 
@@ -339,12 +367,15 @@ def generate_cohort(spec: CohortSpec) -> pd.DataFrame:
         for i in indices
     ]
     spec.out.mkdir(parents=True, exist_ok=True)
+    cases = bad_input_cases(spec)
+    details: dict[str, str] = {}
     if spec.truth_only:
         truth = planned_truth(table, [a.record() for a in artefacts])
     else:
         rows = table.to_dict("records")
         jobs = [
-            (spec, row, i, asdict(a)) for row, i, a in zip(rows, indices, artefacts, strict=True)
+            (spec, row, i, asdict(a), cases.get(i, ""))
+            for row, i, a in zip(rows, indices, artefacts, strict=True)
         ]
         if spec.workers > 1:
             with ProcessPoolExecutor(spec.workers) as pool:
@@ -352,7 +383,15 @@ def generate_cohort(spec: CohortSpec) -> pd.DataFrame:
         else:
             measured = [_participant_job(job) for job in jobs]
         records = [a.record() for a in artefacts]
-        truth = _finish_truth(pd.DataFrame(measured), table, records)
+        measured_table = pd.DataFrame(measured)
+        details = dict(
+            zip(
+                measured_table["participant_id"],
+                measured_table.pop("bad_input_detail"),
+                strict=True,
+            )
+        )
+        truth = _finish_truth(measured_table, table, records)
         ids = [
             planted_identifiers(spec.seed, i, pd.Series(row))
             for row, i in zip(rows, indices, strict=True)
@@ -360,22 +399,53 @@ def generate_cohort(spec: CohortSpec) -> pd.DataFrame:
         identifiers = pd.DataFrame([asdict(p) for p in ids])
         identifiers.insert(0, "participant_id", table["participant_id"].to_numpy())
         write_tsv(spec.out / "identifiers.tsv", identifiers)
-        suffix = ".zip" if spec.zip else ""
+        zipped = {i for i, c in cases.items() if c == corrupt.ZIP_CASE}
         sheet = pd.DataFrame(
             {
                 "participant_id": table["participant_id"],
-                "dicom": [f"dicom/{p}{suffix}" for p in table["participant_id"]],
+                "dicom": [
+                    f"dicom/{p}.zip" if spec.zip or i in zipped else f"dicom/{p}"
+                    for p, i in zip(table["participant_id"], indices, strict=True)
+                ],
                 "release": table["release"],
             }
         )
         write_tsv(spec.out / "participants.tsv", sheet)
-    write_tsv(spec.out / "phenotypes.tsv", table[list(phenotypes.PHENOTYPE_COLUMNS)])
+        if cases:
+            write_tsv(spec.out / "participants_unsafe.tsv", corrupt.unsafe_sheet(sheet))
+    delivered = table[list(phenotypes.PHENOTYPE_COLUMNS)].copy()
+    if cases:
+        bad = _bad_input_table(spec, table, cases, delivered, details)
+        write_tsv(spec.out / "bad_inputs.tsv", bad)
+    write_tsv(spec.out / "phenotypes.tsv", delivered)
     write_tsv(
         spec.out / "targets.tsv", table[["participant_id", *[c for c in phenotypes.TARGET_COLUMNS]]]
     )
     write_tsv(spec.out / "truth.tsv", _rounded(truth))
     write_json(spec.out / "manifest.json", manifest(spec))
     return truth
+
+
+def _bad_input_table(
+    spec: CohortSpec,
+    table: pd.DataFrame,
+    cases: dict[int, str],
+    delivered: pd.DataFrame,
+    details: dict[str, str],
+) -> pd.DataFrame:
+    """Damage ``delivered`` phenotypes in place and list every bad input with its outcome."""
+    rows = []
+    for index, case in cases.items():
+        pid = table["participant_id"].iloc[index - spec.first_index]
+        if case in corrupt.PHENOTYPE_CASES:
+            rng = participant_rng(spec.seed, index, "damage")
+            detail = corrupt.damage_phenotypes(delivered, case, pid, rng)
+            expected = corrupt.EXCLUDED
+        else:
+            detail = details[pid]
+            expected = corrupt.DICOM_CASES.get(case, (None, corrupt.EXCLUDED))[1]
+        rows.append({"participant_id": pid, "case": case, "expected": expected, "detail": detail})
+    return pd.DataFrame(rows, columns=["participant_id", "case", "expected", "detail"])
 
 
 def _rounded(table: pd.DataFrame) -> pd.DataFrame:
@@ -402,6 +472,7 @@ def manifest(spec: CohortSpec) -> dict:
         "truth_only": spec.truth_only,
         "zip": spec.zip,
         "noiseless": spec.noiseless,
+        "bad_inputs": spec.bad_inputs,
         "artefact_rates": asdict(spec.rates),
         "grid": {
             "shape": proto.grid.shape,
