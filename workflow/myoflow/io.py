@@ -93,15 +93,21 @@ def save_nifti(
     affine_ras: np.ndarray,
     *,
     descrip: str = "",
+    scl_slope: float | None = None,
 ) -> None:
     """Save ``array`` with a RAS affine as NIfTI-1 atomically.
 
-    The header carries only geometry, data type and ``descrip`` (which callers keep free
-    of identifiers); both sform and qform are set so every reader agrees on geometry.
+    The header carries only geometry, data type, scaling and ``descrip`` (which callers
+    keep free of identifiers); both sform and qform are set so every reader agrees on
+    geometry. With ``scl_slope``, readers see ``array * scl_slope`` (intercept 0); the
+    slope is written as given, so nibabel adds no scaling of its own and zero stays zero.
     """
     import nibabel as nib
 
     image = nib.Nifti1Image(np.asarray(array), np.asarray(affine_ras, dtype=float))
+    image.header.set_data_dtype(np.asarray(array).dtype)
+    if scl_slope is not None:
+        image.header.set_slope_inter(scl_slope, 0.0)
     image.header.set_sform(affine_ras, code=1)
     image.header.set_qform(affine_ras, code=1)
     image.header["descrip"] = descrip.encode("ascii")[:79]
