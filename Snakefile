@@ -18,6 +18,7 @@ validate(config, "config/schemas/config.schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/inventory.smk"
+include: "rules/convert.smk"
 
 
 rule all:

@@ -2,6 +2,7 @@
 # functions that the stages use. Parsing must stay cheap (every cluster job parses the
 # workflow again): read one TSV, never list DICOM trees.
 
+import json
 import os
 
 from myoflow.participants import (
@@ -45,6 +46,16 @@ def shard_dicom_inputs(wildcards):
     return [path for path in SHARD_DICOM[wildcards.shard] if os.path.exists(path)]
 
 
+def ingest_json():
+    """The ingest settings as one JSON argument of `myoflow convert`.
+
+    A params value, so that changing a channel rule or the grid reruns the shards
+    (rerun trigger `params`); participants are then redone because the settings'
+    digest in their acquisition.json no longer matches.
+    """
+    return json.dumps(config["ingest"], sort_keys=True, separators=(",", ":"))
+
+
 def final_outputs():
     """Every target of `rule all`."""
-    return ["results/cohort/inventory.tsv"]
+    return ["results/cohort/inventory.tsv", "results/cohort/convert.tsv"]

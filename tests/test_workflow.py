@@ -43,12 +43,7 @@ def check(result: subprocess.CompletedProcess) -> str:
 @pytest.fixture
 def workdir(tmp_path) -> Path:
     """A copy of the workflow with a cohort of 3 (r1): a folder, a zip, a missing folder."""
-    for name in WORKFLOW_FILES:
-        source, target = ROOT / name, tmp_path / name
-        if source.is_dir():
-            shutil.copytree(source, target)
-        else:
-            shutil.copy2(source, target)
+    copy_workflow(tmp_path)
     data = tmp_path / "data"
     make_dicom_folder(data / "dicom" / "P001")
     zip_folder(make_dicom_folder(tmp_path / "staging" / "P002"), data / "dicom" / "P002.zip")
@@ -66,6 +61,16 @@ def workdir(tmp_path) -> Path:
     return tmp_path
 
 
+def copy_workflow(target: Path) -> None:
+    """Copy what a workflow run needs (Snakefile, rules, config, envs, scripts) to ``target``."""
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name)
+        else:
+            shutil.copy2(source, target / name)
+
+
 def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table of a Snakemake run or dry run, as rule -> count."""
     lines = output.split("Job stats:")[1].splitlines()
@@ -78,6 +83,16 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+ONE_SHARD_RERUN = {
+    "inventory_shard": 1,
+    "inventory_cohort": 1,
+    "convert_shard": 1,
+    "convert_cohort": 1,
+    "all": 1,
+}
+"""Jobs when one shard's inputs change: that shard's stages and the gathers."""
+
+
 def test_lint_passes():
     output = check(
         snakemake("--lint", "--config", "participants=config/participants.example.tsv", cwd=ROOT)
@@ -87,7 +102,13 @@ def test_lint_passes():
 
 def test_dry_run_plans_one_job_per_shard(workdir):
     output = check(snakemake("-n", "--profile", "config/profiles/local", cwd=workdir))
-    assert job_counts(output) == {"inventory_shard": 2, "inventory_cohort": 1, "all": 1}
+    assert job_counts(output) == {
+        "inventory_shard": 2,
+        "inventory_cohort": 1,
+        "convert_shard": 2,
+        "convert_cohort": 1,
+        "all": 1,
+    }
     assert "results/shards/r1-0000/inventory.tsv" in output
     assert "results/shards/r1-0001/inventory.tsv" in output
 
@@ -112,9 +133,15 @@ def test_real_run_then_a_new_release(workdir):
     participants = workdir / "results" / "participants"
     for ok in ["P001", "P002"]:
         assert len(read_tsv(participants / ok / "dicom" / "inventory.tsv")) == 2
-        assert not (participants / ok / "exclusion.json").exists()
+        # (excluded by the conversion, which needs a whole Dixon acquisition)
+        assert json.loads((participants / ok / "exclusion.json").read_text())["stage"] == "convert"
     exclusion = json.loads((participants / "P003" / "exclusion.json").read_text())
     assert (exclusion["stage"], exclusion["reason"]) == ("inventory", "dicom_missing")
+    # These tiny series are no Dixon acquisition: the conversion excludes them, and passes
+    # on the inventory's exclusion of P003.
+    converted = read_tsv(workdir / "results" / "cohort" / "convert.tsv").set_index("participant_id")
+    assert list(converted["stage"]) == ["convert", "convert", "inventory"]
+    assert converted.loc["P003", "reason"] == "dicom_missing"
     for shard in ["r1-0000", "r1-0001"]:
         assert (workdir / "logs" / "shards" / shard / "inventory.log").stat().st_size > 0
         assert (workdir / "benchmarks" / "shards" / shard / "inventory.tsv").is_file()
@@ -133,7 +160,7 @@ def test_real_run_then_a_new_release(workdir):
     sheet = workdir / "data" / "participants.tsv"
     sheet.write_text(sheet.read_text() + "Q001\tdicom/Q001\tr2\n")
     output = check(snakemake("--profile", "config/profiles/local", "--cores", "2", cwd=workdir))
-    assert job_counts(output) == {"inventory_shard": 1, "inventory_cohort": 1, "all": 1}
+    assert job_counts(output) == ONE_SHARD_RERUN
     assert {s: path.stat().st_mtime_ns for s, path in r1_tables.items()} == r1_mtimes
     cohort = read_tsv(workdir / "results" / "cohort" / "inventory.tsv")
     assert list(cohort["participant_id"]) == ["P001", "P002", "P003", "Q001"]
@@ -142,9 +169,9 @@ def test_real_run_then_a_new_release(workdir):
     # P003's folder appears: its shard's input set changes, so that shard alone reruns.
     make_dicom_folder(workdir / "data" / "dicom" / "P003")
     output = check(snakemake("--profile", "config/profiles/local", "--cores", "2", cwd=workdir))
-    assert job_counts(output) == {"inventory_shard": 1, "inventory_cohort": 1, "all": 1}
+    assert job_counts(output) == ONE_SHARD_RERUN
     assert r1_tables["r1-0000"].stat().st_mtime_ns == r1_mtimes["r1-0000"]
     assert r1_tables["r1-0001"].stat().st_mtime_ns > r1_mtimes["r1-0001"]
     cohort = read_tsv(workdir / "results" / "cohort" / "inventory.tsv")
     assert cohort["status"].tolist() == ["ok"] * 4
-    assert not (participants / "P003" / "exclusion.json").exists()
+    assert json.loads((participants / "P003" / "exclusion.json").read_text())["stage"] == "convert"

@@ -7,11 +7,11 @@ import sys
 from collections.abc import Sequence
 
 from myoflow import __version__
-from myoflow.commands import inventory, synth
+from myoflow.commands import convert, convert_series, inventory, synth
 from myoflow.errors import MyoflowError
 from myoflow.io import OutputError
 
-COMMANDS = [inventory, synth]
+COMMANDS = [inventory, convert, convert_series, synth]
 """Command modules, each with ``add_parser(subparsers)`` and ``run(args)``."""
 
 USER_ERRORS = (MyoflowError, OutputError)

@@ -22,13 +22,9 @@ the content of these files changes.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
-import struct
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,31 +32,27 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 import pydicom
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from myoflow.errors import MyoflowError
+from myoflow.errors import ParticipantExcluded
+from myoflow.exclusions import clear_exclusion, write_exclusion
 from myoflow.io import write_json, write_tsv
+from myoflow.sources import (
+    IGNORED_REASONS,
+    SOURCE_REASONS,
+    IgnoredFile,
+    participant_members,
+    read_member,
+)
 
-INVENTORY_VERSION = 1
+INVENTORY_VERSION = 2
 """Version of the inventory outputs; bump it to make reruns redo complete participants."""
 
 STAGE = "inventory"
 
 EXCLUSION_REASONS = {
-    "dicom_missing": "the DICOM folder or zip named in the sheet does not exist",
-    "dicom_unreadable": "the DICOM folder or zip exists but cannot be read",
-    "zip_corrupt": "the zip archive is damaged or not a zip archive",
+    **SOURCE_REASONS,
     "no_mr_series": "no file is an MR DICOM image with a SeriesInstanceUID",
-}
-
-IGNORED_REASONS = {
-    "not_dicom": "not a DICOM file (no DICM preamble)",
-    "not_mr": "a DICOM file whose Modality is not MR",
-    "no_series_uid": "an MR DICOM file without SeriesInstanceUID",
-    "unreadable": "a DICOM file that pydicom cannot parse",
-    "no_pixel_data": "a DICOM file that ends before any pixel data (truncated, or no image)",
-    "truncated": "a DICOM file shorter than its pixel data says",
 }
 
 SERIES_COLUMNS = [
@@ -85,23 +77,8 @@ Where files of one series disagree on a text field, the distinct values are join
 with ``|``.
 """
 
-PIXEL_DATA_GROUP = 0x7FE0
-UNDEFINED_LENGTH = 0xFFFFFFFF
-
-Member = tuple[str, Callable[[], BinaryIO]]
-"""A file of a participant's DICOM: its relative name and a function opening it."""
-
 SHARD_COLUMNS = ["participant_id", "shard", "status", "reason", "n_series", "n_files", "n_ignored"]
 """Columns of ``results/shards/{shard}/inventory.tsv``: one row per participant."""
-
-
-class ParticipantExcluded(MyoflowError):
-    """A participant's DICOM cannot be inventoried; ``reason`` is a key of EXCLUSION_REASONS."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -116,15 +93,6 @@ class SliceHeader:
     pixel_spacing_mm: str
     slice_thickness_mm: str
     z_mm: float
-
-
-@dataclass(frozen=True)
-class IgnoredFile:
-    """A file left out of the inventory; ``reason`` is a key of IGNORED_REASONS."""
-
-    file: str
-    reason: str
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -149,14 +117,7 @@ def inventory_participant(dicom_path: str | os.PathLike[str]) -> Inventory:
             no MR series.
     """
     path = Path(dicom_path)
-    if path.is_dir():
-        source, members = "folder", _folder_members(path)
-    elif path.is_file():
-        source, members = "zip", _zip_members(path)
-    elif path.exists():
-        raise ParticipantExcluded("dicom_unreadable", f"{path} is neither a folder nor a file")
-    else:
-        raise ParticipantExcluded("dicom_missing", f"no folder or zip at {path}")
+    source, members = participant_members(path)
     headers: list[SliceHeader] = []
     ignored: list[IgnoredFile] = []
     for name, open_member in members:
@@ -169,94 +130,25 @@ def inventory_participant(dicom_path: str | os.PathLike[str]) -> Inventory:
     return Inventory(series=summarise_series(headers), ignored=tuple(ignored), source=source)
 
 
-def _folder_members(root: Path) -> Iterator[Member]:
-    """Yield (relative POSIX name, opener) for every file under ``root``, sorted."""
-
-    def fail(err: OSError) -> None:
-        raise ParticipantExcluded("dicom_unreadable", f"cannot list {err.filename}: {err.strerror}")
-
-    paths = [
-        Path(folder, name) for folder, _, files in os.walk(root, onerror=fail) for name in files
-    ]
-    for name, path in sorted((path.relative_to(root).as_posix(), path) for path in paths):
-        yield name, lambda path=path: path.open("rb")
-
-
-def _zip_members(archive: Path) -> Iterator[Member]:
-    """Yield (member name, opener) for every file member of a zip, sorted by name."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            infos = sorted((i for i in zf.infolist() if not i.is_dir()), key=lambda i: i.filename)
-            for info in infos:
-                data = zf.read(info)
-                yield info.filename, lambda data=data: io.BytesIO(data)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
-        raise ParticipantExcluded("zip_corrupt", f"{archive}: {err}") from err
-    except OSError as err:
-        raise ParticipantExcluded("dicom_unreadable", f"{archive}: {err.strerror or err}") from err
-
-
 def read_header(name: str, open_member: Callable[[], BinaryIO]) -> SliceHeader | IgnoredFile:
     """Read one file's header; return what the inventory keeps, or why the file is ignored."""
+    ds = read_member(name, open_member)
+    if isinstance(ds, IgnoredFile):
+        return ds
     try:
-        with open_member() as handle:
-            ds = pydicom.dcmread(handle, stop_before_pixels=True)
-            # pydicom reads a truncated file without complaint, even one cut inside a UID,
-            # so the rest of the file must hold the whole pixel data element.
-            damage = _pixel_data_damage(handle, *ds.original_encoding)
-            if damage is not None:
-                return IgnoredFile(name, *damage)
-            modality = str(ds.get("Modality", "") or "").strip()
-            if modality != "MR":
-                return IgnoredFile(name, "not_mr", f"Modality {modality or 'missing'}")
-            series_uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
-            if not series_uid:
-                return IgnoredFile(name, "no_series_uid", "SeriesInstanceUID missing")
-            position = ds.get("ImagePositionPatient")
-            return SliceHeader(
-                series_uid=series_uid,
-                description=str(ds.get("SeriesDescription", "") or "").strip(),
-                image_type=_join(ds.get("ImageType")),
-                rows=_join(ds.get("Rows")),
-                columns=_join(ds.get("Columns")),
-                pixel_spacing_mm=_join(ds.get("PixelSpacing"), number=True),
-                slice_thickness_mm=_join(ds.get("SliceThickness"), number=True),
-                z_mm=float(position[2])
-                if position is not None and len(position) == 3
-                else math.nan,
-            )
-    except InvalidDicomError:
-        return IgnoredFile(name, "not_dicom", "no DICM preamble")
-    except Exception as err:  # pydicom raises many exception types on damaged headers
+        position = ds.get("ImagePositionPatient")
+        return SliceHeader(
+            series_uid=str(ds.SeriesInstanceUID).strip(),
+            description=str(ds.get("SeriesDescription", "") or "").strip(),
+            image_type=_join(ds.get("ImageType")),
+            rows=_join(ds.get("Rows")),
+            columns=_join(ds.get("Columns")),
+            pixel_spacing_mm=_join(ds.get("PixelSpacing"), number=True),
+            slice_thickness_mm=_join(ds.get("SliceThickness"), number=True),
+            z_mm=float(position[2]) if position is not None and len(position) == 3 else math.nan,
+        )
+    except Exception as err:  # pydicom raises many exception types on damaged values
         return IgnoredFile(name, "unreadable", f"{type(err).__name__}: {err}")
-
-
-def _pixel_data_damage(
-    handle: BinaryIO, implicit_vr: bool, little_endian: bool
-) -> tuple[str, str] | None:
-    """Return (reason, detail) if the pixel data is absent or cut short, else None.
-
-    ``handle`` is where ``dcmread(stop_before_pixels=True)`` left it: at the pixel data
-    element, if the file has one. Encapsulated (compressed) pixel data has no length to
-    check and passes.
-    """
-    start = handle.tell()
-    header = handle.read(12)
-    order = "<" if little_endian else ">"
-    if len(header) < 8 or struct.unpack(order + "H", header[:2])[0] != PIXEL_DATA_GROUP:
-        return "no_pixel_data", "file ends before any pixel data"
-    if implicit_vr:
-        header_bytes, (length,) = 8, struct.unpack(order + "I", header[4:8])
-    elif len(header) == 12:
-        header_bytes, (length,) = 12, struct.unpack(order + "I", header[8:12])
-    else:
-        return "truncated", "file ends inside the pixel data header"
-    if length == UNDEFINED_LENGTH:
-        return None
-    available = handle.seek(0, io.SEEK_END) - start - header_bytes
-    if available < length:
-        return "truncated", f"{available} of {length} pixel data bytes"
-    return None
 
 
 def _join(value: Any, *, number: bool = False) -> str:
@@ -374,13 +266,7 @@ def _inventory_one(files: ParticipantFiles, participant_id: str, dicom_path: Pat
         # Remove the completion marker first so a crash in between never looks complete.
         files.summary.unlink(missing_ok=True)
         files.series_table.unlink(missing_ok=True)
-        record = {
-            "participant_id": participant_id,
-            "stage": STAGE,
-            "reason": excluded.reason,
-            "detail": excluded.detail,
-        }
-        write_json(files.exclusion, record)
+        write_exclusion(files.exclusion, participant_id, STAGE, excluded)
         return {
             "status": "excluded",
             "reason": excluded.reason,
@@ -388,8 +274,7 @@ def _inventory_one(files: ParticipantFiles, participant_id: str, dicom_path: Pat
             "n_files": 0,
             "n_ignored": 0,
         }
-    if _exclusion_stage(files.exclusion) == STAGE:
-        files.exclusion.unlink()
+    clear_exclusion(files.exclusion, STAGE)
     write_tsv(files.series_table, inventory.series)
     summary = {
         "participant_id": participant_id,
@@ -406,15 +291,6 @@ def _inventory_one(files: ParticipantFiles, participant_id: str, dicom_path: Pat
     }
     write_json(files.summary, summary)
     return summary
-
-
-def _exclusion_stage(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text()).get("stage")
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, AttributeError):
-        return STAGE  # a damaged record: let the inventory replace it
 
 
 def complete_summary(files: ParticipantFiles, participant_id: str, dicom_path: Path) -> dict | None:

@@ -4,3 +4,48 @@ A command module provides ``add_parser(subparsers)``, which adds its parser and 
 ``run`` as the parser's default ``func``, and ``run(args) -> int``. ``myoflow.cli`` lists
 the modules in ``COMMANDS``; adding a command is one new module and one line there.
 """
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from myoflow.participants import load_sheet, resolve_dicom_path, validate_sheet
+from myoflow.shards import assign_shards, shard_members
+
+
+def add_shard_arguments(parser: argparse.ArgumentParser, table: str) -> None:
+    """Add what every per-shard command takes: the sheet, the shard, where outputs go.
+
+    ``table`` names the shard table in the ``--out`` example (``inventory.tsv``, ...).
+    """
+    parser.add_argument("--sheet", required=True, type=Path, help="participant sheet (TSV)")
+    parser.add_argument("--shard", required=True, help="shard name, e.g. r1-0000")
+    parser.add_argument(
+        "--shard-size", required=True, type=int, help="participants per shard (config shards.size)"
+    )
+    parser.add_argument(
+        "--participants-dir",
+        required=True,
+        type=Path,
+        help="folder of per-participant outputs, e.g. results/participants",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help=f"shard table, e.g. results/shards/r1-0000/{table}"
+    )
+
+
+def shard_members_of(args: argparse.Namespace) -> pd.DataFrame:
+    """The shard's rows of the validated sheet, with ``dicom_path`` resolved.
+
+    Membership is recomputed from the sheet and shard size exactly as the workflow
+    computes it (:func:`myoflow.shards.assign_shards`).
+    """
+    sheet = load_sheet(args.sheet)
+    validate_sheet(sheet, source=str(args.sheet))
+    members = shard_members(assign_shards(sheet, args.shard_size), args.shard)
+    return members.assign(
+        dicom_path=[resolve_dicom_path(args.sheet, value) for value in members["dicom"]]
+    )

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from myoflow.commands import add_shard_arguments, shard_members_of
 from myoflow.inventory import inventory_shard
 from myoflow.io import write_tsv
-from myoflow.participants import load_sheet, resolve_dicom_path, validate_sheet
-from myoflow.shards import assign_shards, shard_members
 
 HELP = "inventory the DICOM series of every participant of one shard"
 
@@ -25,34 +23,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "PARTICIPANTS_DIR/{participant}/exclusion.json; then the shard table OUT, last."
         ),
     )
-    parser.add_argument("--sheet", required=True, type=Path, help="participant sheet (TSV)")
-    parser.add_argument("--shard", required=True, help="shard name, e.g. r1-0000")
-    parser.add_argument(
-        "--shard-size", required=True, type=int, help="participants per shard (config shards.size)"
-    )
-    parser.add_argument(
-        "--participants-dir",
-        required=True,
-        type=Path,
-        help="folder of per-participant outputs, e.g. results/participants",
-    )
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="shard table, e.g. results/shards/r1-0000/inventory.tsv",
-    )
+    add_shard_arguments(parser, "inventory.tsv")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Inventory the shard's participants, then write the shard table."""
-    sheet = load_sheet(args.sheet)
-    validate_sheet(sheet, source=str(args.sheet))
-    members = shard_members(assign_shards(sheet, args.shard_size), args.shard)
-    members = members.assign(
-        dicom_path=[resolve_dicom_path(args.sheet, value) for value in members["dicom"]]
-    )
+    members = shard_members_of(args)
     table = inventory_shard(
         members, args.participants_dir, log=lambda line: print(line, flush=True)
     )
