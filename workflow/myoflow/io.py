@@ -19,6 +19,17 @@ import numpy as np
 import pandas as pd
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by the owner only; outputs should get the permissions
+# an ordinary open() would give them, so collaborators and later jobs can read them.
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
 class OutputError(OSError):
     """An output could not be written; the message names the path and the cause."""
 
@@ -42,6 +53,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, final)
     except OSError as err:
         tmp.unlink(missing_ok=True)
