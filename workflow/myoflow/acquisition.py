@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 
 import pydicom
 
+from myoflow.grid import Grid
 from myoflow.series import CHANNELS, SeriesPlan
 from myoflow.sources import IgnoredFile
 from myoflow.stitch import z_range_mm
-from myoflow.synth.geometry import Grid
 from myoflow.volume import Volume
 
 

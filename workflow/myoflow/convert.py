@@ -42,6 +42,7 @@ from myoflow.acquisition import acquisition_record
 from myoflow.dicom import ORIENTATION_TOL, DicomError, group_by_series, series_volumes
 from myoflow.errors import MyoflowError, ParticipantExcluded
 from myoflow.exclusions import clear_exclusion, write_exclusion
+from myoflow.grid import Grid
 from myoflow.io import write_json
 from myoflow.series import (
     CHANNELS,
@@ -70,7 +71,6 @@ from myoflow.stitch import (
     stitch,
     z_range_mm,
 )
-from myoflow.synth.geometry import Grid
 from myoflow.volume import Volume
 
 CONVERT_VERSION = 1

@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from myoflow.errors import MyoflowError
-from myoflow.synth.geometry import Grid
+from myoflow.grid import Grid
 
 UKBB_SPACING_MM = (500.0 / 224.0, 500.0 / 224.0, 3.0)
 """Voxel size of the UK Biobank stitched grid (2.232142857 x 2.232142857 x 3 mm)."""

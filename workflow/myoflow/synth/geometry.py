@@ -1,5 +1,7 @@
 """Acquisition geometry of the synthetic protocols: the stitched grid and its stations.
 
+(:class:`~myoflow.grid.Grid` is re-exported here for the generator's callers.)
+
 All positions are DICOM patient coordinates (LPS, mm): +x to the patient's left, +y to
 posterior, +z to superior (head). Internal arrays are indexed (i, j, k) with i -> +x,
 j -> +y, k -> +z, so voxel (i, j, k) sits at ``origin + (i, j, k) * spacing``; the NIfTI
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from myoflow.grid import Grid
+
 
 @dataclass(frozen=True)
 class Station:
@@ -27,39 +31,6 @@ class Station:
     @property
     def stop(self) -> int:
         return self.start + self.count
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A regular axial grid in patient LPS coordinates (identity direction)."""
-
-    shape: tuple[int, int, int]
-    spacing_mm: tuple[float, float, float]
-    origin_lps_mm: tuple[float, float, float]
-
-    @property
-    def voxel_volume_ml(self) -> float:
-        return float(np.prod(self.spacing_mm)) / 1000.0
-
-    def affine_lps(self) -> np.ndarray:
-        """4x4 map from voxel index to LPS mm."""
-        affine = np.diag([*self.spacing_mm, 1.0])
-        affine[:3, 3] = self.origin_lps_mm
-        return affine
-
-    def affine_ras(self) -> np.ndarray:
-        """4x4 map from voxel index to RAS mm, as NIfTI stores it."""
-        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine_lps()
-
-    def axis_mm(self, axis: int) -> np.ndarray:
-        """Patient coordinates (mm) of the voxel centres along one axis."""
-        return self.origin_lps_mm[axis] + self.spacing_mm[axis] * np.arange(self.shape[axis])
-
-    def slab(self, start: int, count: int) -> Grid:
-        """The sub-grid of slices ``start .. start + count - 1``."""
-        origin = list(self.origin_lps_mm)
-        origin[2] += start * self.spacing_mm[2]
-        return Grid((self.shape[0], self.shape[1], count), self.spacing_mm, tuple(origin))
 
 
 @dataclass(frozen=True)
