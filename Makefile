@@ -29,6 +29,14 @@ lint: setup
 	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/snakemake --lint --config participants=config/participants.example.tsv
 
-## test: lint, then every test, including a real workflow run
+## test: lint, then every test, including real workflow runs, locally and through SLURM.
+##       As root it starts a one-node SLURM cluster (ci/slurm/cluster.sh) for the tests and
+##       stops it after, also on failure; SLURM=no skips that, and tests/test_slurm.py.
+SLURM ?= $(if $(filter 0,$(shell id -u)),yes,no)
 test: setup lint
-	$(BIN)/python -m pytest
+	@if [ "$(SLURM)" = yes ]; then \
+		ci/slurm/cluster.sh run $(BIN)/python -m pytest; \
+	else \
+		echo "make test: no SLURM cluster (SLURM=$(SLURM); it needs root): tests/test_slurm.py is skipped"; \
+		$(BIN)/python -m pytest; \
+	fi

@@ -52,7 +52,10 @@ def test_myoflow_env_pins_the_runtime_requirements():
     conda, pip = env_dependencies(ROOT / "envs" / "myoflow.yaml")
     pinned = dict(p.lower().split("==") for p in pip)
     runtime = requirement_pins(ROOT / "requirements.txt")
-    runtime.pop("snakemake")  # runs the workflow; rules do not need it inside their env
+    # These run the workflow (and, in SLURM jobs, from the same Python as the Snakemake
+    # that submitted them); rules do not need them inside their env.
+    for runner in ["snakemake", "snakemake-executor-plugin-slurm"]:
+        runtime.pop(runner)
     assert pinned == runtime
 
 
@@ -60,6 +63,7 @@ def test_requirements_are_pinned():
     runtime = requirement_pins(ROOT / "requirements.txt")
     dev = requirement_pins(ROOT / "requirements-dev.txt")
     assert runtime["snakemake"] == "9.27.1"
+    assert "snakemake-executor-plugin-slurm" in runtime
     assert {"pytest", "ruff", "snakefmt", "dcm2niix"} <= set(dev)
     assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()
 
