@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+
+from myoflow.synth.dicom_writer import PatientInfo
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498.99"
 """Arbitrary test UID root; no real study uses it."""
@@ -114,3 +118,24 @@ def write_sheet(path: Path, rows: list[tuple[str, str, str]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+TEST_PATIENT = PatientInfo(
+    patient_name="Testperson^Erika",
+    patient_id="SYN0001234",
+    birth_date="19620715",
+    sex="F",
+    age_years=57,
+    weight_kg=68.4,
+    height_m=1.69,
+    institution="Synthetic Imaging Centre",
+    study_date="20190312",
+    study_time="091500",
+)
+"""A planted test identity for synthetic series (tests search outputs for its strings)."""
+
+
+def dcm2niix_binary() -> str | None:
+    """The dcm2niix from the test environment's PyPI package, else one on PATH, else None."""
+    beside = Path(sys.executable).parent / "dcm2niix"
+    return str(beside) if beside.exists() else shutil.which("dcm2niix")

@@ -9,7 +9,6 @@ import argparse
 import gzip
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +17,7 @@ import pydicom
 import pydicom.data
 import pytest
 import SimpleITK as sitk
+from dicom_helpers import TEST_PATIENT, dcm2niix_binary
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.decoders import JPEG2000LosslessDecoder, JPEGLSLosslessDecoder
@@ -33,7 +33,7 @@ from myoflow.dicom import (
     series_volumes,
 )
 from myoflow.errors import MyoflowError
-from myoflow.synth.dicom_writer import PatientInfo, SeriesInfo, write_series
+from myoflow.synth.dicom_writer import SeriesInfo, write_series
 from myoflow.volume import Volume
 
 # Odd, unequal sizes and spacings: any swap of i/j, rows/columns or PixelSpacing order
@@ -41,18 +41,7 @@ from myoflow.volume import Volume
 SHAPE = (13, 9, 7)
 SPACING = (1.3, 2.1, 3.7)
 ORIGIN = (-20.5, 13.25, -101.0)
-PATIENT = PatientInfo(
-    patient_name="Testperson^Erika",
-    patient_id="SYN0001234",
-    birth_date="19620715",
-    sex="F",
-    age_years=57,
-    weight_kg=68.4,
-    height_m=1.69,
-    institution="Synthetic Imaging Centre",
-    study_date="20190312",
-    study_time="091500",
-)
+PATIENT = TEST_PATIENT
 WATER = SeriesInfo(protocol="ukbb", channel="water", station=1, series_number=7, uid_seed="r")
 
 # Columns are the LPS unit vectors of the written i, j, k axes.
@@ -71,12 +60,9 @@ PYDICOM_DATA = Path(pydicom.data.get_testdata_file("MR_small.dcm")).parent
 NIBABEL_DATA = Path(nib.__file__).parent / "nicom" / "tests" / "data"
 
 
-def _dcm2niix() -> str | None:
-    beside = Path(sys.executable).parent / "dcm2niix"
-    return str(beside) if beside.exists() else shutil.which("dcm2niix")
-
-
-needs_dcm2niix = pytest.mark.skipif(_dcm2niix() is None, reason="dcm2niix binary not installed")
+needs_dcm2niix = pytest.mark.skipif(
+    dcm2niix_binary() is None, reason="dcm2niix binary not installed"
+)
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -134,7 +120,7 @@ def dcm2niix(series_dir: Path, out_dir: Path, *flags: str) -> tuple[str, list[Pa
     """Run ``dcm2niix -z n -f x -o OUT_DIR SERIES_DIR``; return its log and NIfTIs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [_dcm2niix(), "-z", "n", "-f", "x", *flags, "-o", str(out_dir), str(series_dir)],
+        [dcm2niix_binary(), "-z", "n", "-f", "x", *flags, "-o", str(out_dir), str(series_dir)],
         capture_output=True,
         text=True,
         check=False,

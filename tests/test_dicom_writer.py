@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import zipfile
 from io import BytesIO
 from pathlib import Path
@@ -17,10 +15,10 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_helpers import TEST_PATIENT, dcm2niix_binary
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from myoflow.synth.dicom_writer import (
-    PatientInfo,
     SeriesInfo,
     channel_tags,
     scanner_tags,
@@ -34,18 +32,7 @@ SHAPE = (17, 13, 9)
 SPACING = (1.7, 2.3, 3.1)
 ORIGIN = (-20.5, 13.25, -101.0)
 
-PATIENT = PatientInfo(
-    patient_name="Testperson^Erika",
-    patient_id="SYN0001234",
-    birth_date="19620715",
-    sex="F",
-    age_years=57,
-    weight_kg=68.4,
-    height_m=1.69,
-    institution="Synthetic Imaging Centre",
-    study_date="20190312",
-    study_time="091500",
-)
+PATIENT = TEST_PATIENT
 SERIES = SeriesInfo(protocol="ukbb", channel="water", station=1, series_number=7, uid_seed="s1")
 
 
@@ -320,16 +307,11 @@ def test_simpleitk_geometry(written):
 # --- dcm2niix --------------------------------------------------------------------------
 
 
-def _dcm2niix() -> str | None:
-    beside = Path(sys.executable).parent / "dcm2niix"
-    return str(beside) if beside.exists() else shutil.which("dcm2niix")
-
-
-@pytest.mark.skipif(_dcm2niix() is None, reason="dcm2niix binary not installed")
+@pytest.mark.skipif(dcm2niix_binary() is None, reason="dcm2niix binary not installed")
 def test_dcm2niix_geometry(written, tmp_path):
     name, paths = written
     result = subprocess.run(
-        [_dcm2niix(), "-z", "n", "-f", "out", "-o", str(tmp_path), str(paths[0].parent)],
+        [dcm2niix_binary(), "-z", "n", "-f", "out", "-o", str(tmp_path), str(paths[0].parent)],
         capture_output=True,
         text=True,
         check=False,

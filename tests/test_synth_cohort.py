@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
-import sys
 import zipfile
 from io import BytesIO
 from pathlib import Path
@@ -16,6 +14,7 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_helpers import dcm2niix_binary
 from scipy import ndimage
 
 from myoflow.synth import phenotypes
@@ -124,13 +123,7 @@ def test_every_series_reads_in_pydicom_and_simpleitk_with_intended_geometry(clea
         )
 
 
-def _dcm2niix() -> str | None:
-    found = shutil.which("dcm2niix")
-    beside = Path(sys.executable).parent / "dcm2niix"
-    return found or (str(beside) if beside.exists() else None)
-
-
-@pytest.mark.skipif(_dcm2niix() is None, reason="dcm2niix not installed")
+@pytest.mark.skipif(dcm2niix_binary() is None, reason="dcm2niix not installed")
 def test_dcm2niix_geometry_matches_intended_positions(clean_cohort, tmp_path):
     """dcm2niix's affine puts every voxel where the generator meant it (within 0.01 mm)."""
     proto = protocol("ukbb", "small")
@@ -138,7 +131,7 @@ def test_dcm2niix_geometry_matches_intended_positions(clean_cohort, tmp_path):
         out = tmp_path / f"s{n}"
         out.mkdir()
         subprocess.run(
-            [_dcm2niix(), "-z", "n", "-f", "series", "-o", str(out), str(folder)],
+            [dcm2niix_binary(), "-z", "n", "-f", "series", "-o", str(out), str(folder)],
             check=True,
             capture_output=True,
         )
