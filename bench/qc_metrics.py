@@ -278,13 +278,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     args = parser.parse_args()
 
-    started = time.perf_counter()
-    jobs = [(args.seed, i, "small", args.small_swaps) for i in range(1, args.phantoms + 1)]
-    with ProcessPoolExecutor(args.workers) as pool:
-        outcomes = list(pool.map(evaluate_phantom, jobs))
-    print(f"({time.perf_counter() - started:.0f} s for {args.phantoms} participants)")
-    report_detection(pd.DataFrame([r for results, _ in outcomes for r in results]))
-    report_errors(pd.DataFrame([e for _, e in outcomes]), "small grid")
+    if args.phantoms:
+        started = time.perf_counter()
+        jobs = [(args.seed, i, "small", args.small_swaps) for i in range(1, args.phantoms + 1)]
+        with ProcessPoolExecutor(args.workers) as pool:
+            outcomes = list(pool.map(evaluate_phantom, jobs))
+        print(f"({time.perf_counter() - started:.0f} s for {args.phantoms} participants)")
+        report_detection(pd.DataFrame([r for results, _ in outcomes for r in results]))
+        report_errors(pd.DataFrame([e for _, e in outcomes]), "small grid")
     if args.full:
         full_jobs = [(args.seed, 5000 + i, "full", 0) for i in range(args.full)]
         with ProcessPoolExecutor(args.workers) as pool:

@@ -183,8 +183,13 @@ class _StationVoxels:
 
 
 def _station_voxels(water, fat, in_phase, opposed, k, settings, voxel_ml) -> _StationVoxels:
+    # Slices, not np.take, and C order: NIfTI readers hand over Fortran-ordered arrays,
+    # which np.take and the filters below walk several times slower.
+    contiguous = k.size and k[-1] - k[0] + 1 == k.size
+    pick = slice(int(k[0]), int(k[-1]) + 1) if contiguous else k
     w, f, i, o = (
-        np.take(np.asarray(a), k, axis=2).astype(float) for a in (water, fat, in_phase, opposed)
+        np.ascontiguousarray(np.asarray(a)[:, :, pick], dtype=np.float32)
+        for a in (water, fat, in_phase, opposed)
     )
     top = float(np.percentile(i, 99)) if i.size else 0.0
     # Tissue away from the skin: partial volume with air makes the outer voxels dim, and in
