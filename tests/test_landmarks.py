@@ -128,7 +128,6 @@ def test_hips_of_six_bodies_within_the_target_error(participants):
             np.linalg.norm(hips.left_lps_mm - truth["left"]),
             np.linalg.norm(hips.right_lps_mm - truth["right"]),
         ]
-        assert hips.confidence > 0.4
         assert 12.0 < min(hips.head_radius_mm) and max(hips.head_radius_mm) < 34.0
     assert np.median(errors) < 3.0 and max(errors) < 8.0, errors
 

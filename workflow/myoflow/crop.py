@@ -77,11 +77,6 @@ class CropSpec:
                 f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}"
             )
 
-    @property
-    def extent_mm(self) -> np.ndarray:
-        """Size of the crop's field of view (voxel centre to centre plus one voxel)."""
-        return np.asarray(self.shape) * np.asarray(self.spacing_mm)
-
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (lists for tuples)."""
         return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
