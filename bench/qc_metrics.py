@@ -42,7 +42,7 @@ from myoflow.synth.signal import (
     Artefacts,
     bias_field,
     sample_artefacts,
-    station_channels,
+    stitched_channels,
     swap_region,
 )
 
@@ -54,18 +54,6 @@ PEAK_ABOVE_HIP_MM_AT_170CM = (
     psoas_profile.T_MAX * psoas_profile.PSOAS_LENGTH_MM_AT_170CM
     - psoas_profile.INSERTION_BELOW_HIP_MM_AT_170CM
 )  # where the anatomy puts the psoas' largest cross-section
-
-
-def stitched_channels(water, fat, proto, artefacts, rng) -> dict[str, np.ndarray]:
-    """Each station's four channels, stitched by averaging where stations overlap."""
-    total = {c: np.zeros(water.shape, dtype=np.float32) for c in CHANNELS}
-    count = np.zeros(water.shape[2])
-    for station in proto.stations:
-        channels, _ = station_channels(water, fat, station, artefacts, rng)
-        for name in CHANNELS:
-            total[name][:, :, station.start : station.stop] += channels[name]
-        count[station.start : station.stop] += 1
-    return {name: value / count for name, value in total.items()}
 
 
 def swapped_tissue_ml(phantom, proto, artefacts: Artefacts) -> float:
@@ -133,7 +121,9 @@ def evaluate_phantom(job: tuple[int, int, str, int]) -> tuple[list[dict], dict[s
     results = []
     for kind, artefacts in draws:
         bias = bias_field(proto.grid.shape, rng)
-        ch = stitched_channels(phantom.water * bias, phantom.fat * bias, proto, artefacts, rng)
+        ch = stitched_channels(
+            phantom.water * bias, phantom.fat * bias, proto.stations, artefacts, rng
+        )
         decisions = qc.detect_swaps(
             ch["water"], ch["fat"], ch["in"], ch["opp"], stations, proto.grid.affine_ras()
         )
@@ -226,7 +216,7 @@ def timing(seed: int, size: str, participants: int) -> None:
     for index, row in enumerate(table.to_dict("records"), start=900):
         phantom = render_participant(row, proto.grid, participant_rng(seed, index, "texture"))
         rng = participant_rng(seed, index, "qc-bench")
-        ch = stitched_channels(phantom.water, phantom.fat, proto, Artefacts(), rng)
+        ch = stitched_channels(phantom.water, phantom.fat, proto.stations, Artefacts(), rng)
         with tempfile.TemporaryDirectory() as tmp:
             for name in CHANNELS:
                 save_nifti(Path(tmp) / f"{name}.nii.gz", ch[name], affine)

@@ -12,7 +12,7 @@ from myoflow.synth import phenotypes
 from myoflow.synth.geometry import protocol
 from myoflow.synth.render import render_participant
 from myoflow.synth.rng import participant_rng
-from myoflow.synth.signal import Artefacts, bias_field, station_channels
+from myoflow.synth.signal import Artefacts, bias_field, stitched_channels
 
 # ---------------------------------------------------------------- a toy body
 
@@ -106,19 +106,6 @@ def test_own_slices_leave_out_overlaps():
 N_PHANTOMS = 3
 
 
-def stitched_channels(water, fat, proto, artefacts, rng) -> dict[str, np.ndarray]:
-    """Each station's channels as the scanner delivers them, stitched by averaging overlaps
-    (stations are slabs of one lattice)."""
-    total = {c: np.zeros(water.shape, dtype=np.float32) for c in ("water", "fat", "in", "opp")}
-    count = np.zeros(water.shape[2])
-    for station in proto.stations:
-        channels, _ = station_channels(water, fat, station, artefacts, rng)
-        for name in total:
-            total[name][:, :, station.start : station.stop] += channels[name]
-        count[station.start : station.stop] += 1
-    return {name: value / count for name, value in total.items()}
-
-
 @pytest.fixture(scope="module")
 def swap_cases():
     """Twelve participants: 3 small phantoms rendered once, each acquired 4 times (new bias
@@ -142,7 +129,7 @@ def swap_cases():
         for artefacts in draws:
             bias = bias_field(proto.grid.shape, rng)
             channels = stitched_channels(
-                phantom.water * bias, phantom.fat * bias, proto, artefacts, rng
+                phantom.water * bias, phantom.fat * bias, proto.stations, artefacts, rng
             )
             cases.append((artefacts, channels))
     return proto, cases

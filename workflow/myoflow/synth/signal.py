@@ -174,6 +174,28 @@ def station_channels(
     return {name: rician(clean[name], noise_sigma, rng) for name in CHANNELS}, swapped_fraction
 
 
+def stitched_channels(
+    water: np.ndarray,
+    fat: np.ndarray,
+    stations: tuple[Station, ...],
+    artefacts: Artefacts,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Every station's four noisy channels, stitched by averaging where stations overlap.
+
+    Stations are slabs of one lattice, so this is the in-memory stand-in for a delivered
+    and stitched participant that QC tests and benchmarks need without writing DICOM.
+    """
+    total = {c: np.zeros(water.shape, dtype=np.float32) for c in CHANNELS}
+    count = np.zeros(water.shape[2])
+    for station in stations:
+        channels, _ = station_channels(water, fat, station, artefacts, rng)
+        for name in CHANNELS:
+            total[name][:, :, station.start : station.stop] += channels[name]
+        count[station.start : station.stop] += 1
+    return {name: value / count for name, value in total.items()}
+
+
 def station_grid(grid: Grid, station: Station) -> Grid:
     """The geometry of one station's series."""
     return grid.slab(station.start, station.count)
