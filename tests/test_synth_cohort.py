@@ -98,7 +98,6 @@ def test_cohort_files_and_sheet(clean_cohort):
 
 def test_every_series_reads_in_pydicom_and_simpleitk_with_intended_geometry(clean_cohort):
     proto = protocol("ukbb", "small")
-    origins = {}
     for folder in _series_dirs(clean_cohort, "ukbb000001"):
         files = sorted(folder.iterdir())
         header = pydicom.dcmread(files[0])
@@ -108,7 +107,6 @@ def test_every_series_reads_in_pydicom_and_simpleitk_with_intended_geometry(clea
         assert image.GetSize()[:2] == proto.grid.shape[:2]
         np.testing.assert_allclose(image.GetSpacing(), proto.grid.spacing_mm, atol=1e-4)
         np.testing.assert_allclose(image.GetDirection(), np.eye(3).ravel(), atol=1e-6)
-        origins.setdefault(int(header.get("AcquisitionNumber", 0)), set())
         station = next(
             s
             for s in proto.stations
