@@ -19,6 +19,11 @@ validate(config, "config/schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/inventory.smk"
 include: "rules/convert.smk"
+include: "rules/landmarks.smk"
+include: "rules/segment.smk"
+include: "rules/measure.smk"
+include: "rules/cohort.smk"
+include: "rules/train.smk"
 
 
 rule all:

@@ -98,6 +98,20 @@ class CropSpec:
 
 ILIOPSOAS_CROP = CropSpec()
 GLUTEUS_CROP = CropSpec(name="gluteus", shape=(112, 112, 128), offset_mm=(-4.0, 46.0, 30.0))
+HIPS_CROP = CropSpec(
+    name="hips", shape=(112, 112, 192), offset_mm=(-3.0, 47.0, 93.0), channels=("water", "fat")
+)
+"""One crop holding the iliopsoas and all three glutei (>= 20 mm margins on the bench)."""
+HIPS_COARSE_CROP = CropSpec(
+    name="hips_coarse",
+    shape=(64, 64, 96),
+    spacing_mm=(4.0, 4.0, 6.0),
+    offset_mm=(-3.0, 47.0, 93.0),
+    channels=("water", "fat"),
+)
+"""The hips crop at about half the resolution (256 x 256 x 576 mm): 6 times fewer voxels,
+for models trained without a GPU. Predicted probabilities are resampled linearly to the
+stitched grid before thresholding, so masks are not blocky at the coarse voxel size."""
 
 
 @dataclass(frozen=True)

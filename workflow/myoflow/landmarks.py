@@ -28,12 +28,16 @@ stores them; RAS on request). A participant without two heads side by side raise
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from myoflow.errors import ParticipantExcluded
+from myoflow.errors import MyoflowError, ParticipantExcluded
+from myoflow.io import write_json
 
 SIDES = ("left", "right")
 EXCLUSION_REASONS = {
@@ -576,3 +580,40 @@ def check_plausible(
             problems.append(f"{side} head seen on {fit.inlier_fraction:.0%} of its surface")
     if problems:
         raise LandmarkError("landmarks_implausible", "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------- files
+
+
+def write_landmarks(path: str | os.PathLike[str], participant_id: str, hips: HipLandmarks) -> None:
+    """Write ``landmarks.json``: the flat :meth:`HipLandmarks.record` plus head radii."""
+    write_json(
+        path,
+        {"participant_id": participant_id}
+        | hips.record()
+        | {
+            "head_radius_left_mm": float(hips.head_radius_mm[0]),
+            "head_radius_right_mm": float(hips.head_radius_mm[1]),
+        },
+    )
+
+
+def read_landmarks(path: str | os.PathLike[str]) -> HipLandmarks:
+    """Inverse of :func:`write_landmarks`.
+
+    Raises:
+        MyoflowError: the file is missing, not JSON or lacks a coordinate.
+    """
+    try:
+        values = json.loads(Path(path).read_text())
+        return HipLandmarks(
+            left_lps_mm=np.array([float(values[f"hip_left_{a}_mm"]) for a in "xyz"]),
+            right_lps_mm=np.array([float(values[f"hip_right_{a}_mm"]) for a in "xyz"]),
+            confidence=float(values["hip_confidence"]),
+            head_radius_mm=(
+                float(values["head_radius_left_mm"]),
+                float(values["head_radius_right_mm"]),
+            ),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise MyoflowError(f"landmarks file {path} cannot be read: {err}") from err
