@@ -1,1 +1,163 @@
-# (being written)
+# Cohort: gather the shard tables, run the statistics, draw the figures, write the report.
+# One job each; they read shard tables and cohort tables, never per-participant files
+# (except the few overlays of the QC montage).
+
+
+def stats_json():
+    """The stats settings as one JSON argument (a param: a change reruns what uses it)."""
+    return json.dumps(config.get("stats", {}), sort_keys=True, separators=(",", ":"))
+
+
+def manual_annotations():
+    """The configured manual annotation tables by kind (volumes, dice); unset ones left out."""
+    given = config.get("stats", {}).get("manual_annotations") or {}
+    return {kind: path for kind, path in given.items() if path}
+
+
+def manual_arguments():
+    """`myoflow analyse` options naming the manual annotation tables."""
+    option = {"volumes": "--manual", "dice": "--dice"}
+    return " ".join(f"{option[k]} {path}" for k, path in manual_annotations().items())
+
+
+def model_card():
+    """The segmentation model's card if the configured model folder has one."""
+    path = os.path.join(config.get("model", {}).get("dir", ""), "model_card.json")
+    return [path] if os.path.exists(path) else []
+
+
+rule cohort_participants:
+    """Gather the shard tables into the analysis table and the exclusions."""
+    input:
+        sheet=config["participants"],
+        phenotypes=config["phenotypes"],
+        # The last stage's tables carry every earlier exclusion forward.
+        measure=expand("results/shards/{shard}/measure.tsv", shard=all_shards()),
+        metrics=expand("results/shards/{shard}/metrics.tsv", shard=all_shards()),
+        qc=expand("results/shards/{shard}/qc.tsv", shard=all_shards()),
+    output:
+        participants="results/cohort/participants.tsv",
+        profiles="results/cohort/csa_profiles.tsv",
+        exclusions="results/cohort/exclusions.tsv",
+        outliers="results/cohort/outliers.tsv",
+    log:
+        "logs/cohort/participants.log",
+    benchmark:
+        "benchmarks/cohort/participants.tsv"
+    conda:
+        "../envs/myoflow.yaml"
+    threads: 1
+    resources:
+        # Measured (bench/cohort.py): 100,000 participants, 4,000 shards: see mem_mb.
+        mem_mb=6000,
+        runtime=30,
+    params:
+        shard_size=config["shards"]["size"],
+        stats=stats_json(),
+    # The command finds the shard tables from the sheet and shard size (thousands of
+    # paths would not fit a command line).
+    shell:
+        "myoflow gather --sheet {input.sheet} --shard-size {params.shard_size}"
+        " --shards-dir results/shards --phenotypes {input.phenotypes}"
+        " --stats {params.stats:q} --participants-out {output.participants}"
+        " --profiles-out {output.profiles}"
+        " --exclusions-out {output.exclusions} --outliers-out {output.outliers}"
+        " > {log} 2>&1"
+
+
+rule cohort_statistics:
+    """Run the configured cohort statistics, one TSV table each."""
+    input:
+        participants="results/cohort/participants.tsv",
+        profiles="results/cohort/csa_profiles.tsv",
+        exclusions="results/cohort/exclusions.tsv",
+        manual=list(manual_annotations().values()),
+    output:
+        report(
+            directory("results/cohort/tables"),
+            patterns=["{name}.tsv"],
+            caption="../workflow/report/tables.rst",
+            category="Tables",
+            labels={"table": "{name}"},
+        ),
+    log:
+        "logs/cohort/statistics.log",
+    benchmark:
+        "benchmarks/cohort/statistics.tsv"
+    conda:
+        "../envs/myoflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    params:
+        stats=stats_json(),
+        manual=manual_arguments(),
+    shell:
+        "myoflow analyse --participants {input.participants}"
+        " --profiles {input.profiles} --exclusions {input.exclusions}"
+        " --stats {params.stats:q} {params.manual} --out {output} > {log} 2>&1"
+
+
+rule cohort_figures:
+    """Draw the cohort figures (PNG and PDF) from the statistics tables."""
+    input:
+        tables="results/cohort/tables",
+        participants="results/cohort/participants.tsv",
+    output:
+        report(
+            directory("results/cohort/figures"),
+            patterns=["{name}.png"],
+            caption="../workflow/report/figures.rst",
+            category="Figures",
+            labels={"figure": "{name}"},
+        ),
+    log:
+        "logs/cohort/figures.log",
+    benchmark:
+        "benchmarks/cohort/figures.tsv"
+    conda:
+        "../envs/myoflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        stats=stats_json(),
+    # The QC montage reads the overlays of four participants under results/participants.
+    shell:
+        "myoflow plot --tables {input.tables} --participants {input.participants}"
+        " --stats {params.stats:q} --participants-dir results/participants"
+        " --out {output} > {log} 2>&1"
+
+
+rule cohort_report:
+    """Write the cohort report: one self-contained HTML page."""
+    input:
+        tables="results/cohort/tables",
+        figures="results/cohort/figures",
+        card=model_card(),
+    output:
+        report(
+            "results/cohort/report.html",
+            caption="../workflow/report/report.rst",
+            category="Report",
+        ),
+    log:
+        "logs/cohort/report.log",
+    benchmark:
+        "benchmarks/cohort/report.tsv"
+    localrule: True
+    conda:
+        "../envs/myoflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        # The whole config: the methods describe the grid, QC and model as run.
+        config=json.dumps(config, sort_keys=True, separators=(",", ":")),
+        card=lambda wildcards, input: f"--model-card {input.card}" if input.card else "",
+    shell:
+        "myoflow report --tables {input.tables} --figures {input.figures}"
+        " --config {params.config:q} {params.card} --out {output} > {log} 2>&1"

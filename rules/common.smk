@@ -58,4 +58,10 @@ def ingest_json():
 
 def final_outputs():
     """Every target of `rule all`."""
-    return ["results/cohort/inventory.tsv", "results/cohort/convert.tsv"]
+    return [
+        "results/cohort/inventory.tsv",
+        "results/cohort/convert.tsv",
+        "results/cohort/participants.tsv",
+        "results/cohort/exclusions.tsv",
+        "results/cohort/report.html",
+    ]

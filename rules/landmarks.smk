@@ -1,1 +1,34 @@
-# (being written)
+# Stage 3: hip joint centres (femoral head centres) per participant. One job per shard.
+
+
+rule landmarks_shard:
+    """Find the hip joint centres of every converted participant of one shard."""
+    input:
+        # As for the conversion: ancient() so a new release does not rerun old shards.
+        sheet=ancient(config["participants"]),
+        # Says who converted; those excluded earlier are passed on, not measured.
+        convert="results/shards/{shard}/convert.tsv",
+    # Declared: the shard table, written last and atomically. Per participant the job
+    # writes results/participants/{participant}/landmarks.json or exclusion.json, and
+    # skips participants whose landmarks.json is newer than their water and fat.
+    output:
+        table="results/shards/{shard}/landmarks.tsv",
+    log:
+        "logs/shards/{shard}/landmarks.log",
+    benchmark:
+        "benchmarks/shards/{shard}/landmarks.tsv"
+    conda:
+        "../envs/myoflow.yaml"
+    threads: 1
+    resources:
+        # Measured on one full-size UK Biobank participant (224 x 174 x 370): peak
+        # 0.64 GB, 12 s of CPU (detection works on a 4 x 4 x 6 mm copy, then fits spheres).
+        mem_mb=2000,
+        # Minutes: ~5 for 25 full-size participants.
+        runtime=30,
+    params:
+        shard_size=config["shards"]["size"],
+    shell:
+        "myoflow landmarks --sheet {input.sheet} --shard {wildcards.shard}"
+        " --shard-size {params.shard_size} --convert {input.convert}"
+        " --participants-dir results/participants --out {output.table} > {log} 2>&1"

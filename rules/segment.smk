@@ -1,1 +1,48 @@
-# (being written)
+# Stage 4: muscle label maps per participant. One job per shard, one model load per job.
+
+
+rule segment_shard:
+    """Segment the muscles of every participant of one shard with the configured model."""
+    input:
+        # As for the other shard stages: ancient() so a new release does not rerun old shards.
+        sheet=ancient(config["participants"]),
+        # Says who passed the earlier stages; per participant the job reads landmarks.json
+        # and dixon/{water,fat}.nii.gz (see docs/sharding.md).
+        landmarks="results/shards/{shard}/landmarks.tsv",
+        # New weights or card rerun every shard (mtime), and inside the job every
+        # participant (their segmentation.json names other weights); the job checks the
+        # weights' sha256 against the card before using them.
+        weights=f"{config['model']['dir']}/model.pt",
+        card=f"{config['model']['dir']}/model_card.json",
+    # Declared: the shard table, written last and atomically. Per participant the job
+    # writes results/participants/{participant}/seg/labels.nii.gz and seg/segmentation.json,
+    # or exclusion.json.
+    output:
+        table="results/shards/{shard}/segment.tsv",
+    log:
+        "logs/shards/{shard}/segment.log",
+    benchmark:
+        "benchmarks/shards/{shard}/segment.tsv"
+    conda:
+        "../envs/myoflow.yaml"
+    threads: config["model"]["threads"]
+    resources:
+        # Measured (bench/inference.py, full-size UK Biobank, width-0.5 model): peak 1.5 GB
+        # for a process that also held the bench's data; participants go one at a time.
+        mem_mb=3000,
+        # Minutes: ~7 CPU seconds per full-size participant (20 s of wall time on 2 CPUs
+        # shared with other work), so ~10 minutes for 25 at worst; a GPU takes the
+        # network's share (about half) to almost nothing.
+        runtime=30,
+        # On SLURM the plugin asks for this many GPUs (the profile names the partition).
+        gpu=0 if config["model"]["device"] == "cpu" else 1,
+    params:
+        shard_size=config["shards"]["size"],
+        device=config["model"]["device"],
+        batch_size=config["model"]["batch_size"],
+    shell:
+        "myoflow segment --sheet {input.sheet} --shard {wildcards.shard}"
+        " --shard-size {params.shard_size} --landmarks {input.landmarks}"
+        " --model-card {input.card} --device {params.device}"
+        " --batch-size {params.batch_size} --threads {threads}"
+        " --participants-dir results/participants --out {output.table} > {log} 2>&1"

@@ -1,1 +1,61 @@
-# (being written)
+# Training workflow: `snakemake train` trains a segmentation model on config training.pairs
+# (not part of `rule all`). The logic lives in myoflow.model.train; see config/config.yaml.
+
+TRAINING = config["training"]
+
+
+def training_split(training):
+    """The held-out options of `myoflow train`: a k-fold fold, or a share of the pairs."""
+    if training.get("folds") is not None:
+        return f"--folds {training['folds']} --fold {training['fold']}"
+    return f"--val-fraction {training['val_fraction']}"
+
+
+def training_budget(training):
+    """--max-minutes when the config sets a time budget (it does not change the recipe)."""
+    budget = training.get("max_minutes")
+    return "" if budget is None else f"--max-minutes {budget}"
+
+
+rule train:
+    """Train, evaluate on held-out participants and write the model with its card."""
+    input:
+        pairs=TRAINING["pairs"],
+    output:
+        model=f"{TRAINING['out']}/model.pt",
+        card=f"{TRAINING['out']}/model_card.json",
+        page=f"{TRAINING['out']}/MODEL_CARD.md",
+    log:
+        "logs/training/train.log",
+    benchmark:
+        "benchmarks/training/train.tsv"
+    conda:
+        "../envs/myoflow.yaml"
+    threads: TRAINING["threads"]
+    resources:
+        # Samples of 48 participants at hips_coarse take ~0.3 GB; the network at width
+        # 0.5 and batch 3 a few GB more.
+        mem_mb=16000,
+        # Minutes: the budget (none: three days) plus an hour for samples and evaluation.
+        runtime=int(TRAINING.get("max_minutes") or 72 * 60) + 60,
+        # One GPU when training on CUDA (the SLURM profile turns it into --gpus).
+        gpu=1 if str(TRAINING["device"]).startswith("cuda") else 0,
+    # Only what changes the model; paths, threads, device and the budget stay out.
+    params:
+        labels=" ".join(TRAINING["labels"]),
+        width=TRAINING["width"],
+        crop=TRAINING["crop"],
+        epochs=TRAINING["epochs"],
+        copies=TRAINING["copies"],
+        batch_size=TRAINING["batch_size"],
+        learning_rate=TRAINING["learning_rate"],
+        split=training_split(TRAINING),
+        seed=TRAINING["seed"],
+    shell:
+        "myoflow train --pairs {input.pairs} --out $(dirname {output.model})"
+        " --labels {params.labels} --width {params.width} --crop {params.crop}"
+        " --epochs {params.epochs} --copies {params.copies}"
+        " --batch-size {params.batch_size} --lr {params.learning_rate}"
+        " {params.split} --seed {params.seed} --threads {threads}"
+        f" --device {TRAINING['device']} {training_budget(TRAINING)}"
+        " > {log} 2>&1"

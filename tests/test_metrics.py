@@ -227,7 +227,17 @@ def test_keys_are_stable_and_named_as_the_synthetic_truth(tmp_path):
     affine = ras_affine((2.0, 2.0, 3.0))
     full = metrics.participant_metrics(two_muscle_labels(), affine, height_cm=170.0)
     empty = metrics.participant_metrics(np.zeros((5, 5, 5), dtype=np.int16), affine)
-    assert list(full) == list(empty)
+    assert list(full) == list(empty) == metrics.metric_keys()
+    with_everything = metrics.participant_metrics(
+        two_muscle_labels(),
+        affine,
+        np.ones((20, 10, 15)),
+        np.ones((20, 10, 15)),
+        height_cm=170.0,
+        hips_lps_mm={"left": (1.0, 2.0, 3.0), "right": (-1.0, 2.0, 3.0)},
+        crop_boxes=[((0, 20), (0, 10), (0, 15))],
+    )
+    assert list(with_everything) == metrics.metric_keys()
     # Every truth.tsv column that images can measure has a metric of the same name.
     table = phenotypes.sample_cohort(1, 2, "ukbb")
     truth = planned_truth(table, [Artefacts().record()] * 2)
@@ -268,6 +278,29 @@ def test_components_border_and_crop_flags():
     assert metrics.touches_border(labels == PSOAS_R, margin=3) is True
 
 
+def test_crop_contact_equals_the_face_of_the_whole_region():
+    """Contact with the crop is computed near the labels only; it must equal the rule on
+    the whole volume: a voxel of the mask on the face of the boxes' region or outside it."""
+    rng = np.random.default_rng(5)
+    shape = (23, 17, 19)
+    for _ in range(20):
+        labels = np.zeros(shape, dtype=np.int16)
+        for value in rng.choice(list(LABELS.values()), size=4, replace=False):
+            lo = rng.integers(0, np.array(shape) - 2)
+            hi = lo + rng.integers(1, 6, size=3)
+            labels[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = value
+        boxes = []
+        for _ in range(2):
+            lo = rng.integers(0, 10, size=3)
+            boxes.append(tuple((int(a), int(a + rng.integers(5, 17))) for a in lo))
+        record = metrics.participant_metrics(labels, np.eye(4), crop_boxes=boxes)
+        face = metrics.crop_face(metrics.crop_region(shape, boxes))
+        for name, value in LABELS.items():
+            mask = labels == value
+            expected = bool((face & mask).any()) if mask.any() else False
+            assert record[f"touches_crop_{name}"] is expected, name
+
+
 def test_bad_inputs_raise_errors_that_say_why():
     labels = np.zeros((4, 4, 4), dtype=np.uint8)
     with pytest.raises(metrics.MetricsError, match="singular"):
@@ -297,18 +330,10 @@ def participants():
 
 def test_metrics_match_the_synthetic_truth(participants):
     grid, cases = participants
-    # Volumes compare the majority-vote label mask with the truth counted on the 2x
-    # supersampled canvas, so they differ by the small grid's discretisation, mostly for
-    # thin muscles (iliacus, gluteus minimus: -3 to -4 % on the small grid, -1.5 % on the
-    # full grid). The bound per muscle is what the small grid allows; bench/qc_metrics.py
-    # prints the errors on full-size participants.
-    bounds = {
-        "gluteus_maximus": 0.01,
-        "gluteus_medius": 0.03,
-        "psoas_major": 0.035,
-        "iliacus": 0.08,
-        "gluteus_minimus": 0.07,
-    }
+    # The true mask holds each label's supersampled volume, slice by slice, rounded to
+    # whole voxels (synth.labelmap): issue 5 asks for 1 %; on small grids the worst
+    # measured is 0.2 % (psoas), so 1 % also holds for totals and IMI. The largest slice
+    # is within a voxel of the truth's: 2 % on the small grid.
     slice_mm = grid.spacing_mm[2]
     for row, phantom in cases:
         truth = phenotypes.add_derived(
@@ -324,19 +349,18 @@ def test_metrics_match_the_synthetic_truth(participants):
             hips_lps_mm=hips,
         )
         for name in LABELS:
-            bound = bounds[name.rsplit("_", 1)[0]]
-            assert record[f"vol_{name}_ml"] == pytest.approx(truth[f"vol_{name}_ml"], rel=bound)
+            assert record[f"vol_{name}_ml"] == pytest.approx(truth[f"vol_{name}_ml"], rel=0.01)
             n = np.count_nonzero(phantom.labels == LABELS[name])
             assert record[f"vol_{name}_ml"] == pytest.approx(n * grid.voxel_volume_ml)
         for column in ("vol_iliopsoas_total_ml", "imi_ml_m2", "vol_gluteus_total_ml"):
-            assert record[column] == pytest.approx(truth[column], rel=0.03)
+            assert record[column] == pytest.approx(truth[column], rel=0.01)
         peak_above_hip = (
             psoas_profile.T_MAX * psoas_profile.PSOAS_LENGTH_MM_AT_170CM
             - psoas_profile.INSERTION_BELOW_HIP_MM_AT_170CM
         ) * (row["height_cm"] / 170.0)
         for side in ("left", "right"):
             csa = truth[f"psoas_max_csa_{side}_cm2"]
-            assert record[f"psoas_max_csa_{side}_cm2"] == pytest.approx(csa, rel=0.035)
+            assert record[f"psoas_max_csa_{side}_cm2"] == pytest.approx(csa, rel=0.02)
             # The profile is flat at its peak: truth's largest slice may sit 2 slices from
             # the built-in peak; our vertex lies within one slice of it.
             z = record[f"psoas_max_csa_z_{side}_above_hip_mm"]

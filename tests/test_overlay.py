@@ -63,7 +63,7 @@ def test_display_is_radiological(phantom):
     fig = overlay.draw_overlay(ph.water, labels, grid.affine_ras(), "p")
     try:
         coronal, axial = fig.axes[1], fig.axes[4]
-        # show_slice draws labels in LABELS order: the left psoas first, then the right.
+        # Outlines are drawn in LABELS order: the left psoas first, then the right.
         for ax in (coronal, axial):
             left, right = (_mean_x(c) for c in ax.collections[:2])
             assert right < left  # the patient's right on the viewer's left
@@ -111,3 +111,27 @@ def test_a_picture_over_the_size_limit_is_drawn_smaller(phantom, tmp_path):
     assert sizes[1] < sizes[0] / 2
     with Image.open(tmp_path / "1.png") as small, Image.open(tmp_path / f"{10**9}.png") as big:
         assert small.size[0] < big.size[0] / 2
+
+
+def test_outlines_are_the_lines_contour_draws(phantom):
+    """Outlines are built without ax.contour (for speed); they must be its very lines."""
+    import matplotlib.pyplot as plt
+
+    grid, ph = phantom
+    fig, (ours, theirs) = plt.subplots(1, 2)
+    try:
+        for value in (LABELS["psoas_major_left"], LABELS["gluteus_maximus_right"]):
+            k = int(np.argmax(np.count_nonzero(ph.labels == value, axis=(0, 1))))
+            mask = ph.labels[:, :, k] == value
+            overlay._outline(ours, mask, "#e6194b")
+            theirs.contour(mask.T.astype(np.float32), levels=[0.5], colors=["#e6194b"])
+            mine, reference = ours.collections[-1], theirs.collections[-1]
+            (path,), (expected,) = mine.get_paths(), reference.get_paths()
+            assert len(path.vertices) > 20
+            np.testing.assert_array_equal(path.vertices, expected.vertices)
+            np.testing.assert_array_equal(path.codes, expected.codes)
+            assert mine.get_zorder() == reference.get_zorder()
+            np.testing.assert_array_equal(mine.get_edgecolor(), reference.get_edgecolor())
+            assert mine.get_antialiased() == reference.get_antialiased()
+    finally:
+        plt.close(fig)

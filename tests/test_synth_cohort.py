@@ -190,14 +190,23 @@ def test_rendered_anatomy_matches_targets(clean_cohort):
 
 
 def test_label_nifti_volumes_agree_with_truth(clean_cohort):
-    image = nib.load(clean_cohort / "truth" / "ukbb000001" / "labels.nii.gz")
-    labels = np.asarray(image.dataobj)
-    voxel_ml = abs(np.linalg.det(image.affine[:3, :3])) / 1000
-    truth = pd.read_csv(clean_cohort / "truth.tsv", sep="\t").iloc[0]
-    for name, value in LABELS.items():
-        assert (labels == value).sum() * voxel_ml == pytest.approx(
-            truth[f"vol_{name}_ml"], rel=0.05
-        ), name
+    """The written labels hold truth.tsv's volumes (issue 5: within 1 %; measured on the
+    small grid: 0.2 % at worst) and its psoas largest cross-section (within a voxel)."""
+    truth = pd.read_csv(clean_cohort / "truth.tsv", sep="\t").set_index("participant_id")
+    for pid, row in truth.iterrows():
+        image = nib.load(clean_cohort / "truth" / pid / "labels.nii.gz")
+        labels = np.asarray(image.dataobj)
+        voxel_ml = abs(np.linalg.det(image.affine[:3, :3])) / 1000
+        for name, value in LABELS.items():
+            assert (labels == value).sum() * voxel_ml == pytest.approx(
+                row[f"vol_{name}_ml"], rel=0.01
+            ), (pid, name)
+        area_cm2 = abs(image.affine[0, 0] * image.affine[1, 1]) / 100
+        for side in ("left", "right"):
+            slices = (labels == LABELS[f"psoas_major_{side}"]).sum(axis=(0, 1))
+            assert slices.max() * area_cm2 == pytest.approx(
+                row[f"psoas_max_csa_{side}_cm2"], rel=0.02
+            ), (pid, side)
 
 
 def test_threshold_baseline_cannot_segment_psoas(clean_cohort):

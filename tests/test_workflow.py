@@ -17,7 +17,8 @@ from myoflow.io import read_tsv
 
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
-WORKFLOW_FILES = ["Snakefile", "rules", "config", "envs", "workflow/scripts"]
+WORKFLOW_FILES = ["Snakefile", "rules", "config", "envs", "workflow/scripts", "workflow/report"]
+"""Copied for a run; `resources` (the shipped model) is linked, not copied."""
 
 pytestmark = pytest.mark.workflow
 
@@ -69,6 +70,7 @@ def copy_workflow(target: Path) -> None:
             shutil.copytree(source, target / name)
         else:
             shutil.copy2(source, target / name)
+    (target / "resources").symlink_to(ROOT / "resources", target_is_directory=True)
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -7,11 +7,37 @@ import sys
 from collections.abc import Sequence
 
 from myoflow import __version__
-from myoflow.commands import convert, convert_series, inventory, synth
+from myoflow.commands import (
+    analyse,
+    convert,
+    convert_series,
+    gather,
+    inventory,
+    landmarks,
+    measure,
+    plot,
+    report,
+    segment,
+    synth,
+    train,
+)
 from myoflow.errors import MyoflowError
 from myoflow.io import OutputError
 
-COMMANDS = [inventory, convert, convert_series, synth]
+COMMANDS = [
+    inventory,
+    convert,
+    convert_series,
+    synth,
+    landmarks,
+    train,
+    segment,
+    measure,
+    gather,
+    analyse,
+    plot,
+    report,
+]
 """Command modules, each with ``add_parser(subparsers)`` and ``run(args)``."""
 
 USER_ERRORS = (MyoflowError, OutputError)

@@ -37,6 +37,7 @@ the quantity is the same, so metrics and truth compare column by column. Keys, w
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -352,8 +353,8 @@ def participant_metrics(
         "voxel_volume_ml": geometry.voxel_volume_ml,
         "csa_axial_grid": geometry.axial,
     }
-    face = None if crop_boxes is None else crop_face(crop_region(labels.shape, crop_boxes))
     masks = _label_masks(labels)
+    face = None if crop_boxes is None else _crop_face_near(labels.shape, crop_boxes, masks)
     for name, value in LABELS.items():
         record.update(_label_record(name, masks.get(value), geometry, labels.shape, face))
     record.update(_ff_record(masks, water, fat))
@@ -375,19 +376,71 @@ def participant_metrics(
     return record
 
 
+def metric_keys() -> list[str]:
+    """The keys of every :func:`participant_metrics` record, in record order: the columns
+    of a metrics table, known before (or without) any participant."""
+    return list(_metric_keys())
+
+
+@functools.cache
+def _metric_keys() -> tuple[str, ...]:
+    return tuple(participant_metrics(np.zeros((1, 1, 1), dtype=np.int16), np.eye(4)))
+
+
 _Crop = tuple[tuple[slice, slice, slice], np.ndarray]
 
 
 def _label_masks(labels: np.ndarray) -> dict[int, _Crop]:
-    """Each present label's bounding box and its mask inside that box."""
+    """Each present label's bounding box and its mask inside that box.
+
+    Works inside the bounding box of all labels (a small part of a whole-body volume).
+    """
     wanted = sorted(LABELS.values())
     top = max(wanted)
-    clipped = np.where((labels > 0) & (labels <= top), labels, 0).astype(np.int32)
+    outer = _bounding_box((labels > 0) & (labels <= top))
+    if outer is None:
+        return {}
+    inner = labels[outer]
+    clipped = np.where((inner > 0) & (inner <= top), inner, 0).astype(np.int32)
     out = {}
     for value, box in enumerate(ndimage.find_objects(clipped, max_label=top), start=1):
         if box is not None and value in wanted:
-            out[value] = (box, clipped[box] == value)
+            whole = tuple(
+                slice(o.start + b.start, o.start + b.stop) for o, b in zip(outer, box, strict=True)
+            )
+            out[value] = (whole, clipped[box] == value)
     return out
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every voxel of ``mask`` (None: empty)."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=others))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _crop_face_near(
+    shape: tuple[int, ...], boxes: Sequence[Box], masks: Mapping[int, _Crop]
+) -> np.ndarray:
+    """:func:`crop_face` of the boxes' region, computed only around the labels (one voxel
+    beyond their boxes, so every voxel of a mask sees its true neighbours); False elsewhere."""
+    region = crop_region(shape, boxes)
+    face = np.zeros(shape, dtype=bool)
+    if masks:
+        window = tuple(
+            slice(
+                max(min(m[0][axis].start for m in masks.values()) - 1, 0),
+                min(max(m[0][axis].stop for m in masks.values()) + 1, shape[axis]),
+            )
+            for axis in range(len(shape))
+        )
+        face[window] = crop_face(region[window])
+    return face
 
 
 def _full_mask(crop: _Crop | None, shape: tuple[int, ...]) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from myoflow import __version__
 from myoflow.metrics import GROUPS, participant_metrics
 from myoflow.synth.anatomy import LABELS
-from myoflow.synth.preview import COLOURS, show_slice
+from myoflow.synth.preview import COLOURS
 
 MAX_BYTES = 300_000
 MARGIN_MM = 25.0  # context around the segmented region in every panel
@@ -48,18 +48,42 @@ def _values(names: Sequence[str]) -> list[int]:
 
 
 def _centroid(labels: np.ndarray, values: Sequence[int], fallback: np.ndarray) -> np.ndarray:
-    index = np.argwhere(np.isin(labels, values))
-    return np.rint(index.mean(axis=0)).astype(int) if index.size else fallback
+    """Rounded mean voxel index of the voxels holding ``values`` (``fallback`` if none).
+
+    Summed per axis from projections: integer sums, so exactly the mean of the indices.
+    """
+    mask = np.isin(labels, values)
+    count = int(np.count_nonzero(mask))
+    if count == 0:
+        return fallback
+    sums = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        per_index = np.count_nonzero(mask, axis=others)
+        sums.append(int(np.dot(np.arange(per_index.size), per_index)))
+    return np.rint(np.array(sums) / count).astype(int)
+
+
+def _bounds(mask: np.ndarray) -> list[tuple[int, int]] | None:
+    """First and last index along each axis where ``mask`` holds a voxel (None: empty)."""
+    bounds = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=others))
+        if hit.size == 0:
+            return None
+        bounds.append((int(hit[0]), int(hit[-1])))
+    return bounds
 
 
 def _crop(labels: np.ndarray, spacing: np.ndarray) -> tuple[slice, slice, slice]:
     """The labelled region plus ``MARGIN_MM`` (the whole volume when nothing is labelled)."""
-    index = np.argwhere(labels > 0)
-    if index.size == 0:
+    bounds = _bounds(labels > 0)
+    if bounds is None:
         return (slice(None),) * 3
     pad = np.ceil(MARGIN_MM / spacing).astype(int)
-    lo = np.maximum(index.min(axis=0) - pad, 0)
-    hi = np.minimum(index.max(axis=0) + pad + 1, labels.shape)
+    lo = np.maximum(np.array([b[0] for b in bounds]) - pad, 0)
+    hi = np.minimum(np.array([b[1] for b in bounds]) + pad + 1, labels.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
@@ -83,6 +107,55 @@ def _mark(ax, left: str, right: str) -> None:
     ax.text(0.98, 0.98, right, ha="right", **style)
 
 
+def _outline(ax, mask_2d: np.ndarray, colour: str) -> None:
+    """The outline of ``mask_2d`` (indexed screen x, screen y from the top) on ``ax``.
+
+    The lines are those ``ax.contour(mask_2d.T, levels=[0.5], colors=[colour],
+    linewidths=0.8)`` draws (same contour generator, paths, style and order), as one
+    collection, without the contour set's colour-mapping machinery, which took most of
+    an overlay's time.
+    """
+    import contourpy
+    from matplotlib import rcParams
+    from matplotlib.collections import Collection
+    from matplotlib.path import Path
+
+    z = mask_2d.T.astype(np.float64)
+    x, y = np.meshgrid(np.arange(z.shape[1], dtype=float), np.arange(z.shape[0], dtype=float))
+    generator = contourpy.contour_generator(
+        x,
+        y,
+        z,
+        name=rcParams["contour.algorithm"],
+        corner_mask=rcParams["contour.corner_mask"],
+        line_type=contourpy.LineType.SeparateCode,
+    )
+    vertices, codes = generator.create_contour(0.5)
+    if not vertices:
+        return
+    lines = Collection(
+        facecolor="none", edgecolor=colour, linewidths=0.8, zorder=2, label="_nolegend_"
+    )
+    lines.set_paths([Path(np.concatenate(vertices), np.concatenate(codes))])
+    ax.add_collection(lines, autolim=False)
+
+
+def _colour(label_name: str) -> str:
+    return COLOURS[label_name.rsplit("_", 1)[0]]
+
+
+def _show_slice(ax, image_2d: np.ndarray, labels_2d: np.ndarray, aspect: float, vmax: float):
+    """``image_2d`` in grey with each label's outline, in :data:`LABELS` order; arrays
+    indexed (screen x, screen y from the top), ``aspect`` the y/x pixel size."""
+    ax.imshow(image_2d.T, cmap="gray", vmin=0, vmax=vmax, aspect=aspect, interpolation="nearest")
+    for name, value in LABELS.items():
+        mask = labels_2d == value
+        if mask.any():
+            _outline(ax, mask, _colour(name))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def _projection(ax, water: np.ndarray, labels: np.ndarray, aspect: float, vmax: float) -> None:
     """Coronal maximum-intensity projection (along j) with each label's projected outline."""
     ax.imshow(
@@ -96,12 +169,7 @@ def _projection(ax, water: np.ndarray, labels: np.ndarray, aspect: float, vmax: 
     for name, value in LABELS.items():
         shadow = (labels == value).any(axis=1)[:, ::-1]
         if shadow.any():
-            ax.contour(
-                shadow.T.astype(np.float32),
-                levels=[0.5],
-                colors=[COLOURS[name.rsplit("_", 1)[0]]],
-                linewidths=0.8,
-            )
+            _outline(ax, shadow, _colour(name))
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -168,17 +236,17 @@ def draw_overlay(
     _projection(axes[0], w, lab, sz / sx, vmax)
     axes[0].set_title("coronal MIP", fontsize=9)
     _mark(axes[0], "R", "L")
-    show_slice(axes[1], w[:, ilio[1], ::-1], lab[:, ilio[1], ::-1], sz / sx, vmax)
+    _show_slice(axes[1], w[:, ilio[1], ::-1], lab[:, ilio[1], ::-1], sz / sx, vmax)
     axes[1].set_title("coronal, iliopsoas", fontsize=9)
     _mark(axes[1], "R", "L")
     for ax, side in zip(axes[2:4], ("right", "left"), strict=True):
         i = sides[side][0]
-        show_slice(ax, w[i, :, ::-1], lab[i, :, ::-1], sz / sy, vmax)
+        _show_slice(ax, w[i, :, ::-1], lab[i, :, ::-1], sz / sy, vmax)
         ax.set_title(f"sagittal, {side}", fontsize=9)
         _mark(ax, "A", "P")
-    show_slice(axes[4], w[:, :, k_csa], lab[:, :, k_csa], sy / sx, vmax)
+    _show_slice(axes[4], w[:, :, k_csa], lab[:, :, k_csa], sy / sx, vmax)
     axes[4].set_title("axial, psoas max CSA", fontsize=9)
-    show_slice(axes[5], w[:, :, glut[2]], lab[:, :, glut[2]], sy / sx, vmax)
+    _show_slice(axes[5], w[:, :, glut[2]], lab[:, :, glut[2]], sy / sx, vmax)
     axes[5].set_title("axial, glutei", fontsize=9)
     for ax in axes[4:]:
         _mark(ax, "R", "L")
@@ -224,13 +292,19 @@ def save_png(fig, path: str | os.PathLike[str], dpi: int = 100, max_bytes: int =
 
 
 def _png_bytes(fig, dpi: int) -> bytes:
+    """The figure drawn at ``dpi`` as a 256-colour PNG.
+
+    Takes the pixels straight from the Agg canvas: exactly those ``savefig`` would encode
+    as PNG, without encoding and decoding an intermediate PNG.
+    """
     from PIL import Image, PngImagePlugin
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=dpi, format="png", metadata={"Software": None})
-    buffer.seek(0)
-    with Image.open(buffer) as image:
-        palette = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    if fig.dpi != dpi:
+        fig.set_dpi(dpi)
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    image = Image.fromarray(rgba[:, :, :3])
+    palette = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", f"myoflow {__version__}")
     out = io.BytesIO()

@@ -1,307 +1,33 @@
 """Quality control of one participant (``qc/flags.json``) and cohort outliers.
 
-Fat-water swaps (:func:`detect_swaps`). Two-point Dixon reconstruction picks, voxel by
-voxel, which of two solutions is water; when it picks wrong over a station or a region
-of one, "water" and "fat" trade places while the in-phase (W + F) and opposed-phase
-(|W - F|) images stay as they were. Those two fix each voxel's signals up to the swap:
-the larger is (in + opp) / 2, the smaller (in - opp) / 2. What tells which is which is
-brightness: on these T1-weighted gradient echoes fat-dominant tissue (subcutaneous and
-visceral fat, ~1000 in the synthetic model) is brighter in-phase than water-dominant
-tissue (muscle, organs, ~500-620). So for every tissue voxel whose signal is dominated by
-one of the two (opp > ``dominance`` x in, i.e. fat fraction under 0.3 or over 0.7) the
-channels labelled water and fat are consistent if the brighter voxels are labelled
-fat-dominant and the darker ones water-dominant, and contradict the labels otherwise.
-Partial-volume voxels are left out: the ``skin_voxels`` outermost layers of the body and
-any voxel darker than ``local_fraction`` x the brightest within two voxels in-plane (fat
-dimmed by air in skin folds, muscle at the edge of fat), whose brightness says nothing
-about their tissue.
-
-The bright (fat) and dark (water) levels are the participant's own: per station the
-median in-phase of the dominant voxels labelled fat and of those labelled water, the
-larger of the two taken as the fat level whichever way the station is labelled, and the
-median over the stations that show both clearly (so a swapped station does not move
-them). In a lean participant whose only clear fat lies in a partly swapped station, no
-station shows both; the water level is then the median of all dominant voxels (nearly
-all muscle) and the fat level ``fallback_ratio`` times it (said in the reason). A
-station is
-
-- ``swap``: the median brightness of the voxels labelled fat-dominant (and of those
-  labelled water-dominant) is that of the other label for at least ``whole_fraction`` of
-  the station's dominant voxels (judged against the participant's levels);
-- ``partial_swap``: otherwise, the voxels whose own brightness contradicts their label by
-  more than ``margin`` (judged against the station's own levels where it shows both,
-  which follow its coil bias) form a 26-connected region of at least ``min_region_ml``;
-  the decision names where it is (right/left, anterior/posterior of the body centre);
-- ``undetermined``: a channel is missing or no tissue is dominated by water or fat;
-- ``ok``: none of the above.
-
-Each station is judged on its own slices (those no other station covers): stitching
-blends overlapping stations, which mixes a swapped station's signals with its neighbour's.
-
-Other flags (:func:`participant_flags`) come from the metrics record and landmarks. A
-flag is a dict with ``name``, ``severity`` ("fail" excludes from statistics, "warn" only
-if configured, see :func:`qc_status`), ``value``, ``threshold`` and ``message``.
+Flags (:func:`participant_flags`) come from the fat-water swap decisions
+(:mod:`myoflow.swaps`), the landmarks and the metrics record. A flag is a dict with
+``name``, ``severity`` ("fail" excludes from statistics, "warn" only if configured, see
+:func:`qc_status`), ``value``, ``threshold`` and ``message``. :func:`robust_outliers`
+finds outlying values across the cohort.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from myoflow.errors import MyoflowError
+from myoflow.metrics import GROUPS, MUSCLES
+from myoflow.swaps import SwapDecision
 from myoflow.synth.anatomy import LABELS
 
-SWAP_STATUSES = ("ok", "swap", "partial_swap", "undetermined")
+ASYMMETRY_GROUPS = (*MUSCLES, *GROUPS)
+"""Muscles and groups whose ``{name}_asymmetry_pct`` the metrics record holds."""
 
 
 class QcError(MyoflowError):
     """QC cannot run on these inputs; the message says why."""
-
-
-@dataclass(frozen=True)
-class SwapSettings:
-    """Thresholds of :func:`detect_swaps` (defaults tuned on synthetic participants)."""
-
-    dominance: float = 0.4  # opp / in above this: one of water and fat dominates the voxel
-    body_fraction: float = 0.4  # tissue: in-phase above this x the station's 99th percentile
-    margin: float = 1.1  # brightness must miss the fat/water midpoint by this factor
-    local_fraction: float = 0.7  # darker than this x the brightest voxel within 2: edge, left out
-    whole_fraction: float = 0.5  # share of dominant voxels labelled wrong: whole-station swap
-    min_region_ml: float = 5.0  # smallest connected contradicting region: partial swap
-    skin_voxels: int = 2  # in-plane layers under the body outline left out (air partial volume)
-    min_class_ml: float = 20.0  # volume of each label a station needs to give levels
-    min_contrast: float = 1.2  # a station whose label medians differ less gives no levels
-    fallback_ratio: float = 1.6  # fat / water level assumed when no station gives levels
-
-
-@dataclass(frozen=True)
-class SwapDecision:
-    """The verdict on one station."""
-
-    station: int  # 1-based position in the station list given
-    k_start: int  # the station's slices on the stitched grid, half-open
-    k_stop: int
-    status: str  # one of SWAP_STATUSES
-    score: float | None  # share of dominant voxels whose label's brightness is the other's
-    region_ml: float  # volume of the largest connected contradicting region
-    region: str  # where that region lies, e.g. "right anterior"; "" if none
-    reason: str
-
-    @property
-    def swapped(self) -> bool:
-        return self.status in ("swap", "partial_swap")
-
-
-@dataclass(frozen=True)
-class _Levels:
-    fat: float
-    water: float
-    assumed: bool = False  # fat level = water level x fallback_ratio (no station showed both)
-
-    @property
-    def threshold(self) -> float:
-        """The geometric midpoint: brighter voxels look fat-dominant, darker water."""
-        return float(np.sqrt(self.fat * self.water))
-
-    def looks_fat(self, intensity: float) -> bool:
-        return intensity > self.threshold
-
-
-def own_slices(stations: Sequence[tuple[int, int]], n_slices: int) -> list[np.ndarray]:
-    """For each station, the slice indices no other station covers (all of its slices
-    where others cover every one of them)."""
-    cover = np.zeros(n_slices, dtype=int)
-    for start, stop in stations:
-        cover[max(start, 0) : min(stop, n_slices)] += 1
-    out = []
-    for start, stop in stations:
-        k = np.arange(max(start, 0), min(stop, n_slices))
-        own = k[cover[k] == 1]
-        out.append(own if own.size else k)
-    return out
-
-
-def detect_swaps(
-    water: np.ndarray | None,
-    fat: np.ndarray | None,
-    in_phase: np.ndarray | None,
-    opposed: np.ndarray | None,
-    stations: Sequence[tuple[int, int]],
-    affine: np.ndarray,
-    settings: SwapSettings = SwapSettings(),
-) -> list[SwapDecision]:
-    """Per-station fat-water swap decisions on the stitched channels (see module docstring).
-
-    Args:
-        water, fat, in_phase, opposed: stitched Dixon channels (i, j, k); None if missing.
-        stations: each station's (k_start, k_stop) on the stitched grid, as ingestion records.
-        affine: 4x4 voxel -> RAS mm matrix of the channels.
-        settings: thresholds.
-    """
-    channels = {"water": water, "fat": fat, "in-phase": in_phase, "opposed-phase": opposed}
-    missing = [name for name, array in channels.items() if array is None]
-    if missing:
-        reason = f"channel missing: {', '.join(missing)}"
-        return [_undetermined(n, s, reason) for n, s in enumerate(stations, start=1)]
-    shape = np.shape(water)
-    if any(np.shape(a) != shape for a in channels.values()) or len(shape) != 3:
-        shapes = ", ".join(f"{n} {np.shape(a)}" for n, a in channels.items())
-        raise QcError(f"channels must be 3-D arrays of one shape, got {shapes}")
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
-    own = own_slices(stations, shape[2])
-    parts = [_station_voxels(water, fat, in_phase, opposed, k, settings, voxel_ml) for k in own]
-    station_levels = [_station_levels(part, settings) for part in parts]
-    levels = _participant_levels(station_levels, parts, settings)
-    decisions = []
-    for number, (station, k, part, local) in enumerate(
-        zip(stations, own, parts, station_levels, strict=True), start=1
-    ):
-        if levels is None:
-            decisions.append(_undetermined(number, station, "no water- or fat-dominant tissue"))
-        else:
-            decisions.append(_judge(number, station, k, part, levels, local, affine, settings))
-    return decisions
-
-
-def _undetermined(number: int, station: tuple[int, int], reason: str) -> SwapDecision:
-    return SwapDecision(number, station[0], station[1], "undetermined", None, 0.0, "", reason)
-
-
-@dataclass(frozen=True)
-class _StationVoxels:
-    intensity: np.ndarray  # in-phase of the station's own slices
-    fatty: np.ndarray  # dominant voxels labelled fat-dominant (fat > water)
-    watery: np.ndarray  # dominant voxels labelled water-dominant
-    body: np.ndarray
-    voxel_ml: float
-
-
-def _station_voxels(water, fat, in_phase, opposed, k, settings, voxel_ml) -> _StationVoxels:
-    # Slices, not np.take, and C order: NIfTI readers hand over Fortran-ordered arrays,
-    # which np.take and the filters below walk several times slower.
-    contiguous = k.size and k[-1] - k[0] + 1 == k.size
-    pick = slice(int(k[0]), int(k[-1]) + 1) if contiguous else k
-    w, f, i, o = (
-        np.ascontiguousarray(np.asarray(a)[:, :, pick], dtype=np.float32)
-        for a in (water, fat, in_phase, opposed)
-    )
-    top = float(np.percentile(i, 99)) if i.size else 0.0
-    # Tissue away from the skin: partial volume with air makes the outer voxels dim, and in
-    # lean participants the thin subcutaneous fat is nothing but such voxels.
-    cross = np.zeros((3, 3, 1), dtype=bool)
-    cross[1, :, 0] = cross[:, 1, 0] = True
-    inside = ndimage.binary_erosion(
-        i > 0.5 * settings.body_fraction * top, structure=cross, iterations=settings.skin_voxels
-    )
-    body = inside & (i > settings.body_fraction * top)
-    # Voxels much darker than their surroundings are partial volume (fat dimmed by air in
-    # skin folds, muscle at the edge of fat): leave them out of levels and judgement.
-    peak = ndimage.maximum_filter(i, size=(5, 5, 1))
-    dominant = body & (o > settings.dominance * i) & (i >= settings.local_fraction * peak)
-    return _StationVoxels(i, dominant & (f > w), dominant & (w > f), body, voxel_ml)
-
-
-def _station_levels(part: _StationVoxels, settings: SwapSettings) -> _Levels | None:
-    """A station's own fat and water levels, if it shows both labels clearly: each covers
-    ``min_class_ml`` and their medians differ by ``min_contrast``. The brighter median is
-    fat whichever way the station is labelled; a station swapped in large part mixes both
-    labels and shows no contrast."""
-    if min(part.fatty.sum(), part.watery.sum()) * part.voxel_ml < settings.min_class_ml:
-        return None
-    a = float(np.median(part.intensity[part.fatty]))
-    b = float(np.median(part.intensity[part.watery]))
-    if max(a, b) < settings.min_contrast * min(a, b):
-        return None
-    return _Levels(max(a, b), min(a, b))
-
-
-def _participant_levels(
-    own: Sequence[_Levels | None], parts: Sequence[_StationVoxels], settings: SwapSettings
-) -> _Levels | None:
-    """Fat and water levels of the participant: medians over the stations that show both."""
-    shown = [levels for levels in own if levels is not None]
-    if shown:
-        return _Levels(
-            float(np.median([v.fat for v in shown])), float(np.median([v.water for v in shown]))
-        )
-    # Lean participants may have pure fat in one station only; when that station is
-    # swapped in part, no station shows both labels. Water-dominant tissue (muscle) is then
-    # nearly all of the dominant voxels: its median is the water level.
-    pooled = np.concatenate([part.intensity[part.fatty | part.watery] for part in parts])
-    if pooled.size * parts[0].voxel_ml < settings.min_class_ml:
-        return None
-    water = float(np.median(pooled))
-    return _Levels(settings.fallback_ratio * water, water, assumed=True)
-
-
-def _judge(number, station, k, part, levels, own, affine, settings) -> SwapDecision:
-    """One station's verdict. Whole swap: the labels' median brightness says so for most
-    dominant voxels (against the participant's levels, which a swapped station does not
-    set). Partial swap: a connected region of voxels whose own brightness contradicts
-    their label (against the station's own levels where it has them, which follow its
-    coil bias)."""
-    i = part.intensity
-    n_fatty, n_watery = int(part.fatty.sum()), int(part.watery.sum())
-    dominant = n_fatty + n_watery
-    if dominant == 0:
-        return _undetermined(number, station, "no tissue dominated by water or fat")
-    wrong = 0
-    if n_fatty:
-        wrong += n_fatty * (not levels.looks_fat(float(np.median(i[part.fatty]))))
-    if n_watery:
-        wrong += n_watery * levels.looks_fat(float(np.median(i[part.watery])))
-    score = wrong / dominant
-    local = own or levels
-    t = local.threshold
-    contradicting = (part.fatty & (i < t / settings.margin)) | (
-        part.watery & (i > t * settings.margin)
-    )
-    region_ml, where = _largest_region(contradicting, part.body, affine, k, part.voxel_ml)
-    summary = (
-        f"{100 * score:.0f} % of {dominant} water- or fat-dominant voxels carry the label"
-        f" of the other (fat level {levels.fat:.0f}{' assumed' if levels.assumed else ''},"
-        f" water level {levels.water:.0f} in-phase); largest contradicting region"
-        f" {region_ml:.1f} ml"
-    )
-    if score >= settings.whole_fraction:
-        status, reason = "swap", f"whole station swapped: {summary}"
-    elif region_ml >= settings.min_region_ml:
-        status, reason = "partial_swap", f"region swapped ({where}): {summary}"
-    else:
-        status, reason, where = "ok", summary, ""
-    return SwapDecision(number, station[0], station[1], status, score, region_ml, where, reason)
-
-
-def _largest_region(
-    regions: np.ndarray, body: np.ndarray, affine: np.ndarray, k: np.ndarray, voxel_ml: float
-) -> tuple[float, str]:
-    """Volume (ml) of the largest connected region and where it lies in the body.
-
-    ``regions`` and ``body`` hold the slices ``k`` of the stitched grid.
-    """
-    labelled, n = ndimage.label(regions, structure=np.ones((3, 3, 3), dtype=bool))
-    if n == 0:
-        return 0.0, ""
-    sizes = np.bincount(labelled.ravel())[1:]
-    largest = int(np.argmax(sizes)) + 1
-    a = np.asarray(affine, dtype=float)
-
-    def patient_mm(index: np.ndarray) -> np.ndarray:
-        slice_k = np.interp(index[2], np.arange(len(k)), k)
-        grid = np.array([index[0], index[1], slice_k], dtype=float)
-        return a[:3, :3] @ grid + a[:3, 3]
-
-    centre = patient_mm(np.argwhere(labelled == largest).mean(axis=0))
-    body_centre = patient_mm(np.argwhere(body).mean(axis=0))
-    dx, dy = centre[:2] - body_centre[:2]  # RAS: +x right, +y anterior
-    where = f"{'right' if dx > 0 else 'left'} {'anterior' if dy > 0 else 'posterior'}"
-    return float(sizes[largest - 1]) * voxel_ml, where
 
 
 # ---------------------------------------------------------------- participant flags
@@ -309,7 +35,11 @@ def _largest_region(
 
 @dataclass(frozen=True)
 class QcSettings:
-    """Thresholds and severities of :func:`participant_flags`."""
+    """Thresholds and severities of :func:`participant_flags`, and whether warnings pass.
+
+    The configuration's ``qc`` section (:meth:`from_config`) names the fields alike, the
+    severities under ``severities`` without their ``severity_`` prefix.
+    """
 
     hip_distance_mm: tuple[float, float] = (120.0, 260.0)  # plausible hip joint centre distance
     hip_height_tolerance_mm: float = 15.0  # largest difference in z between the hips
@@ -323,6 +53,63 @@ class QcSettings:
     severity_landmarks: str = "fail"
     severity_swap: str = "fail"
     severity_swap_undetermined: str = "warn"
+    keep_warnings: bool = True  # flags that only warn leave a participant in (qc_status)
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> QcSettings:
+        """Settings from the configuration's ``qc`` section; missing keys keep defaults.
+
+        Raises:
+            QcError: an unknown key, severity or asymmetry group, or a malformed value.
+        """
+        values = {key: value for key, value in section.items() if key != "severities"}
+        severities = section.get("severities", {})
+        if not isinstance(severities, Mapping):
+            raise QcError(f"qc.severities must be a mapping, got {severities!r}")
+        values |= {f"severity_{name}": value for name, value in severities.items()}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            names = [u.replace("severity_", "severities.") for u in unknown]
+            raise QcError(f"unknown qc setting(s): {', '.join(names)}")
+        for key in ("hip_distance_mm", "asymmetry_groups"):
+            if key in values:
+                values[key] = tuple(values[key])
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def to_config(self) -> dict[str, Any]:
+        """The settings as a configuration ``qc`` section (JSON-compatible)."""
+        out: dict[str, Any] = {"severities": {}}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            value = list(value) if isinstance(value, tuple) else value
+            if f.name.startswith("severity_"):
+                out["severities"][f.name.removeprefix("severity_")] = value
+            else:
+                out[f.name] = value
+        return out
+
+    def check(self) -> None:
+        """Raise :class:`QcError` unless every value is usable."""
+        for f in fields(self):
+            if f.name.startswith("severity_") and getattr(self, f.name) not in ("fail", "warn"):
+                raise QcError(
+                    f"qc.severities.{f.name.removeprefix('severity_')} must be 'fail' or "
+                    f"'warn', got {getattr(self, f.name)!r}"
+                )
+        low, high = self.hip_distance_mm
+        if not 0 <= low < high:
+            raise QcError(f"qc.hip_distance_mm must be [low, high], got {self.hip_distance_mm}")
+        groups = set(ASYMMETRY_GROUPS)
+        if not set(self.asymmetry_groups) <= groups:
+            raise QcError(
+                f"qc.asymmetry_groups must be among {', '.join(ASYMMETRY_GROUPS)}, "
+                f"got {list(self.asymmetry_groups)}"
+            )
+        if not isinstance(self.keep_warnings, bool):
+            raise QcError(f"qc.keep_warnings must be true or false, got {self.keep_warnings!r}")
 
 
 def flag(name: str, severity: str, value: Any, threshold: Any, message: str) -> dict[str, Any]:
@@ -343,20 +130,31 @@ def participant_flags(
     swaps: Sequence[SwapDecision] = (),
     hips_lps_mm: Mapping[str, Sequence[float]] | None = None,
     settings: QcSettings = QcSettings(),
+    labels: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every QC flag raised for one participant (none: a clean participant).
 
     Args:
         record: the participant's :func:`myoflow.metrics.participant_metrics` record.
-        swaps: :func:`detect_swaps` decisions.
+        swaps: :func:`myoflow.swaps.detect_swaps` decisions.
         hips_lps_mm: ``{"left": (x, y, z), "right": (x, y, z)}`` hip joint centres.
         settings: thresholds and severities.
+        labels: names (keys of ``LABELS``) of the labels that were segmented, whose masks
+            are checked; default all (a model of the iliopsoas alone leaves the glutei
+            empty, which is no fault).
+
+    Raises:
+        QcError: ``labels`` names an unknown label.
     """
+    checked = list(LABELS) if labels is None else list(labels)
+    unknown = sorted(set(checked) - set(LABELS))
+    if unknown:
+        raise QcError(f"unknown label(s) {', '.join(unknown)}; known: {', '.join(LABELS)}")
     flags = [*_swap_flags(swaps, settings)]
     if hips_lps_mm is not None:
         flags += _landmark_flags(hips_lps_mm, settings)
     if record is not None:
-        flags += _mask_flags(record, settings)
+        flags += _mask_flags(record, settings, checked)
         flags += _asymmetry_flags(record, settings)
     return flags
 
@@ -423,9 +221,11 @@ def _landmark_flags(hips: Mapping[str, Sequence[float]], s: QcSettings) -> list[
     return out
 
 
-def _mask_flags(record: Mapping[str, Any], s: QcSettings) -> list[dict[str, Any]]:
+def _mask_flags(
+    record: Mapping[str, Any], s: QcSettings, labels: Sequence[str]
+) -> list[dict[str, Any]]:
     out = []
-    for name in LABELS:
+    for name in labels:
         if record.get(f"touches_border_{name}"):
             out.append(
                 flag(
@@ -504,20 +304,20 @@ def write_flags(
     flags: Sequence[Mapping[str, Any]],
     swaps: Sequence[SwapDecision],
     keep_warnings: bool,
+    provenance: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write ``qc/flags.json``: status, reasons, flags and the per-station swap decisions."""
+    """Write ``qc/flags.json``: status, reasons, flags and the per-station swap decisions
+    (and ``provenance``, what produced them, when given)."""
     from myoflow.io import write_json
 
     status, reasons = qc_status(flags, keep_warnings)
-    write_json(
-        path,
-        {
-            "status": status,
-            "reasons": reasons,
-            "flags": list(flags),
-            "swap_stations": [asdict(d) for d in swaps],
-        },
-    )
+    record = {
+        "status": status,
+        "reasons": reasons,
+        "flags": list(flags),
+        "swap_stations": [asdict(d) for d in swaps],
+    }
+    write_json(path, record | ({} if provenance is None else {"provenance": dict(provenance)}))
 
 
 # ---------------------------------------------------------------- cohort

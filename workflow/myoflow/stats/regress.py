@@ -122,6 +122,8 @@ def ols(
                     }
                 )
             )
+    if not coefficients:
+        raise StatsInputError(f"no group has the rows to fit {formula!r}")
     return RegressionResult(
         formula=formula,
         coefficients=pd.concat(coefficients, ignore_index=True),

@@ -3,7 +3,9 @@
 Bones and muscles are rasterised on a supersampled canvas (``factor``**3 samples per
 voxel), so tissue fractions at every voxel edge are exact partial volumes and the truth
 (volumes, cross-sectional areas) is counted at the canvas's higher resolution. The body
-layer fills what no shape covers.
+layer fills what no shape covers. The label map holds, per label and slice, the truth's
+volume rounded to whole voxels (:mod:`myoflow.synth.labelmap`), so metrics of the true
+mask reproduce the truth's volumes and cross-sectional areas.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from myoflow.synth import atlas
+from myoflow.synth import atlas, labelmap
 from myoflow.synth.anatomy import LABELS, BodyFrame, build_shapes, posterior_skin
 from myoflow.synth.body import body_layer, inside_distance_mm, sat_profile_mm
 from myoflow.synth.geometry import Grid
@@ -32,6 +34,7 @@ class Phantom:
     labels: np.ndarray  # uint8, values of anatomy.LABELS
     truth: dict[str, float]
     frame: BodyFrame
+    slice_ml: np.ndarray  # (label value, slice): exact volume counted on the supersamples
 
 
 def body_frame(
@@ -84,10 +87,8 @@ def render_participant(
     label_of_shape = np.zeros(len(shapes) + 1, dtype=np.uint8)
     for n, s in enumerate(shapes, start=1):
         label_of_shape[n] = LABELS.get(s.tissue, 0)
-    labels = np.zeros(grid.shape, dtype=np.uint8)
-    n_labels = max(LABELS.values()) + 1
-    sample_counts = np.zeros((n_labels, grid.shape[2]), dtype=np.int64)  # per label, per slice
     f = SUPERSAMPLE
+    label_map = labelmap.LabelMapBuilder(grid.shape, max(LABELS.values()) + 1, f)
     for chunk in render_chunks(shapes, grid, f, allowed=frame.interior):
         covered = block_mean((chunk.labels > 0).astype(np.float32), f)
         part = slice(chunk.k0, chunk.k1)
@@ -95,37 +96,11 @@ def render_participant(
             block_mean(signal[chunk.labels, 0], f) + (1 - covered) * water[:, :, part]
         )
         fat[:, :, part] = block_mean(signal[chunk.labels, 1], f) + (1 - covered) * fat[:, :, part]
-        sample_labels = label_of_shape[chunk.labels]
-        labels[:, :, part], counts = majority_labels(sample_labels, f, n_labels)
-        sample_counts[:, part] = counts
+        label_map.add(label_of_shape[chunk.labels], chunk.k0)
+    labels, sample_counts = label_map.finish()  # samples per label and slice
     truth = measure_truth(sample_counts, grid, f, frame)
-    return Phantom(water, fat, labels, truth, frame)
-
-
-def majority_labels(
-    sample_labels: np.ndarray, factor: int, n_labels: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Grid labels by majority of the supersamples, and sample counts per label per slice.
-
-    A voxel takes the label that covers most of its samples, if that is at least half;
-    exact ties at one half go to the label on voxels of even parity (i + j + k) only,
-    so ties neither inflate nor shrink volumes on average.
-    """
-    nx, ny, nz = (n // factor for n in sample_labels.shape)
-    if not sample_labels.any():
-        return np.zeros((nx, ny, nz), dtype=np.uint8), np.zeros((n_labels, nz), dtype=np.int64)
-    blocks = sample_labels.reshape(nx, factor, ny, factor, nz, factor).transpose(0, 2, 4, 1, 3, 5)
-    voxel = np.arange(nx * ny * nz, dtype=np.int64)[:, None] * n_labels
-    flat = (voxel + blocks.reshape(nx * ny * nz, factor**3)).ravel()
-    counts = np.bincount(flat, minlength=nx * ny * nz * n_labels).reshape(nx, ny, nz, n_labels)
-    counts[..., 0] = 0
-    best = counts.argmax(axis=-1).astype(np.uint8)
-    best_count = counts.max(axis=-1)
-    half = factor**3 / 2
-    parity = (np.indices((nx, ny, nz)).sum(axis=0) % 2) == 0
-    keep = (best_count > half) | ((best_count == half) & parity)
-    per_slice = counts.sum(axis=(0, 1)).T  # (n_labels, nz)
-    return np.where(keep, best, 0).astype(np.uint8), per_slice
+    slice_ml = sample_counts * (grid.voxel_volume_ml / f**3)
+    return Phantom(water, fat, labels, truth, frame, slice_ml)
 
 
 def measure_truth(

@@ -1,0 +1,100 @@
+"""``myoflow segment``: segment the muscles of every participant of one shard."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from myoflow.commands import add_shard_arguments, shard_members_of
+from myoflow.errors import MyoflowError
+from myoflow.io import read_tsv, write_tsv
+from myoflow.model.card import CARD_FILE
+from myoflow.segment import DEVICES, load_segmenter, resolve_device, segment_shard
+
+HELP = "segment the muscles of every participant of one shard with one loaded model"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``segment`` subcommand."""
+    parser = subparsers.add_parser(
+        "segment",
+        help=HELP,
+        description=(
+            f"{HELP[0].upper()}{HELP[1:]}. Shard membership is recomputed from the sheet "
+            "and shard size exactly as the workflow computes it; participants excluded in "
+            "the shard's landmarks table are not segmented. The model is loaded once, after "
+            "its weights are checked against the sha256 of its card. Writes, per "
+            "participant, PARTICIPANTS_DIR/{participant}/seg/labels.nii.gz and "
+            "seg/segmentation.json, or PARTICIPANTS_DIR/{participant}/exclusion.json; then "
+            "the shard table OUT, last."
+        ),
+    )
+    add_shard_arguments(parser, "segment.tsv")
+    parser.add_argument(
+        "--landmarks",
+        required=True,
+        type=Path,
+        help="the shard's landmarks table, e.g. results/shards/r1-0000/landmarks.tsv",
+    )
+    parser.add_argument(
+        "--model-card",
+        required=True,
+        type=Path,
+        help="the model's model_card.json; its weights (model.pt) are read from beside it",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the network runs: auto (a GPU when there is one), cpu or cuda",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=2,
+        help="crops per forward pass (2: one participant)",
+    )
+    parser.add_argument(
+        "--threads", type=_positive, default=None, help="CPU threads for torch (default: torch's)"
+    )
+    parser.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model once, segment the shard's participants, then write the shard table."""
+    if args.model_card.name != CARD_FILE:
+        raise MyoflowError(f"--model-card must name a {CARD_FILE}, got {args.model_card}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    members = shard_members_of(args)
+    landmarks = read_tsv(args.landmarks)
+    segmenter = load_segmenter(args.model_card.parent, resolve_device(args.device))
+    print(
+        f"model {segmenter.name} (weights sha256 {segmenter.card['weights_sha256'][:12]}) on "
+        f"{segmenter.describe_device()}",
+        flush=True,
+    )
+    table = segment_shard(
+        members,
+        args.participants_dir,
+        landmarks,
+        segmenter,
+        args.batch_size,
+        log=lambda line: print(line, flush=True),
+    )
+    write_tsv(args.out, table)
+    excluded = int((table["status"] == "excluded").sum())
+    print(f"shard {args.shard}: {len(table) - excluded} ok, {excluded} excluded -> {args.out}")
+    return 0

@@ -1,0 +1,388 @@
+"""Segmentation stage: every participant of a shard through one loaded model.
+
+One process per shard loads the model once (:func:`load_segmenter`: the card's sha256
+is checked, weights load with ``weights_only``), then for each participant that passed
+the landmarks stage (its row in the shard's ``landmarks.tsv``):
+
+1. reads ``{participant}/landmarks.json`` and the channels the model's crop needs from
+   ``{participant}/dixon/`` (all on one grid);
+2. segments it (:func:`myoflow.model.predict.segment_participant`);
+3. writes ``{participant}/seg/labels.nii.gz`` (int16 values of
+   :data:`myoflow.synth.anatomy.LABELS`, on exactly the Dixon grid: same shape and
+   affine) and, last, ``seg/segmentation.json``: the model's name, weights sha256,
+   labels and crop, the crop boxes, the device, voxel counts per label and the seconds
+   of each step.
+
+A participant that cannot be segmented gets ``{participant}/exclusion.json`` (stage
+``segment``, a reason of :data:`EXCLUSION_REASONS`) and the shard goes on; one excluded
+at an earlier stage is not segmented and keeps its record. ``segmentation.json`` marks a
+participant complete: a rerun skips one whose marker is newer than its inputs and was
+written with the same weights (sha256), model config and :data:`SEGMENT_VERSION`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from myoflow.errors import MyoflowError, ParticipantExcluded
+from myoflow.exclusions import clear_exclusion, write_exclusion
+from myoflow.io import save_nifti, write_json
+from myoflow.landmarks import lps_axes, read_landmarks
+from myoflow.model import predict
+from myoflow.model.card import load_model
+from myoflow.model.registry import crop_spec
+from myoflow.synth.anatomy import LABELS
+
+SEGMENT_VERSION = 1
+"""Version of the segmentation outputs; bump it to make reruns redo complete participants."""
+
+STAGE = "segment"
+
+DEVICES = ("auto", "cpu", "cuda")
+"""Values of the config's ``model.device``: auto takes a GPU when there is one."""
+
+EXCLUSION_REASONS = {
+    "inputs_unreadable": "landmarks.json or a Dixon channel the model needs is missing, "
+    "unreadable or not on the grid of the others",
+    **predict.EXCLUSION_REASONS,
+    "no_muscle_found": "the model labelled no voxel as any muscle",
+}
+"""Why the segmentation leaves a participant out: reason code -> what it means."""
+
+SHARD_COLUMNS = [
+    "participant_id",
+    "shard",
+    "status",
+    "stage",
+    "reason",
+    "detail",
+    "n_labels",
+    "missing_labels",
+]
+"""Columns of ``results/shards/{shard}/segment.tsv``: one row per participant.
+
+``n_labels`` counts the label values (muscle and side) with at least one voxel;
+``missing_labels`` names those without (space-separated), a first hint for QC.
+"""
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    """A loaded, verified model, its card, and where it runs."""
+
+    model: nn.Module
+    card: dict[str, Any]
+    name: str
+    device: torch.device
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.card["config"]
+
+    def provenance(self) -> dict[str, Any]:
+        """What makes a participant's outputs current (compared on rerun)."""
+        return {
+            "segment_version": SEGMENT_VERSION,
+            "weights_sha256": self.card["weights_sha256"],
+            "model_config": self.config,
+        }
+
+    def describe_device(self) -> str:
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def resolve_device(setting: str) -> torch.device:
+    """The torch device for ``model.device``: ``auto`` is CUDA when available, else CPU.
+
+    Raises:
+        MyoflowError: ``setting`` is not one of :data:`DEVICES`, or ``cuda`` is asked for
+            on a machine without a usable GPU.
+    """
+    if setting not in DEVICES:
+        raise MyoflowError(f"model.device must be one of {list(DEVICES)}, got {setting!r}")
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise MyoflowError(
+            "model.device is 'cuda' but torch sees no GPU here (set it to 'auto' or 'cpu' to "
+            "segment on the CPU)"
+        )
+    return torch.device("cuda")
+
+
+def load_segmenter(model_dir: str | os.PathLike[str], device: torch.device) -> Segmenter:
+    """Load and verify the model of ``model_dir`` once, for a whole shard.
+
+    Raises:
+        myoflow.model.card.ModelIntegrityError: the card or weights are missing, damaged
+            or not each other's.
+        myoflow.model.registry.ModelConfigError: the model's labels are not muscles.
+    """
+    model, card = load_model(model_dir, device)
+    predict.model_labels(card["config"])
+    return Segmenter(model, card, str(card.get("name") or Path(model_dir).resolve().name), device)
+
+
+@dataclass(frozen=True)
+class SegmentFiles:
+    """Where the segmentation reads and writes one participant's files."""
+
+    root: Path
+
+    def channel(self, name: str) -> Path:
+        return self.root / "dixon" / f"{name}.nii.gz"
+
+    @property
+    def landmarks(self) -> Path:
+        return self.root / "landmarks.json"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "seg" / "labels.nii.gz"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "seg" / "segmentation.json"
+
+    @property
+    def exclusion(self) -> Path:
+        return self.root / "exclusion.json"
+
+    def inputs(self, channels: Sequence[str]) -> list[Path]:
+        return [self.landmarks, *(self.channel(name) for name in channels)]
+
+    def remove_outputs(self) -> None:
+        """Remove the segmentation outputs, the completion marker first."""
+        self.record.unlink(missing_ok=True)
+        self.labels.unlink(missing_ok=True)
+
+
+def read_channels(
+    files: SegmentFiles, names: Sequence[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The named stitched channels (float32) and their shared voxel -> RAS affine.
+
+    Raises:
+        ValueError: ``names`` is empty.
+        ParticipantExcluded: ``inputs_unreadable`` when a channel is missing or
+            unreadable, the channels are not on one grid, or the grid is not in the
+            package's array convention.
+    """
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    if not names:
+        raise ValueError("no channel to read")
+    channels: dict[str, np.ndarray] = {}
+    affines: dict[str, np.ndarray] = {}
+    for name in names:
+        try:
+            image = nib.load(files.channel(name))
+            channels[name] = np.asarray(image.get_fdata(dtype=np.float32))
+        except (OSError, ValueError, EOFError, zlib.error, ImageFileError) as err:
+            raise ParticipantExcluded(
+                "inputs_unreadable", f"dixon/{name}.nii.gz cannot be read: {err}"
+            ) from err
+        affines[name] = np.asarray(image.affine, dtype=float)
+    first = names[0]
+    for name in names[1:]:
+        if channels[name].shape != channels[first].shape or not np.allclose(
+            affines[name], affines[first], atol=1e-4
+        ):
+            raise ParticipantExcluded(
+                "inputs_unreadable",
+                f"dixon/{name}.nii.gz is not on the grid of dixon/{first}.nii.gz",
+            )
+    try:
+        lps_axes(affines[first])
+    except ValueError as err:
+        raise ParticipantExcluded("inputs_unreadable", f"dixon/{first}.nii.gz: {err}") from err
+    return channels, affines[first]
+
+
+def label_voxels(labels: np.ndarray) -> dict[str, int]:
+    """Voxel count of every label name of ``LABELS`` (0 for those absent)."""
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(LABELS.values()) + 1)
+    return {name: int(counts[value]) for name, value in LABELS.items()}
+
+
+def expected_labels(config: Mapping[str, Any]) -> list[str]:
+    """The label names (muscle and side) the model can produce."""
+    return [f"{m}_{side}" for m in config["labels"] for side in ("left", "right")]
+
+
+def _record(segmentation_json: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    voxels = segmentation_json["label_voxels"]
+    missing = [name for name in expected_labels(config) if not voxels.get(name)]
+    return {
+        "status": "ok",
+        "stage": "",
+        "reason": "",
+        "detail": "",
+        "n_labels": sum(1 for name in expected_labels(config) if voxels.get(name)),
+        "missing_labels": " ".join(missing),
+    }
+
+
+def complete_record(files: SegmentFiles, segmenter: Segmenter) -> dict[str, Any] | None:
+    """A participant's shard-table record if its outputs are current, else None.
+
+    Current means: ``labels.nii.gz`` exists and ``segmentation.json`` is newer than
+    ``landmarks.json`` and the channels read, and was written with the same weights,
+    model config and :data:`SEGMENT_VERSION`.
+    """
+    channels = crop_spec(segmenter.config).channels
+    try:
+        written = json.loads(files.record.read_text())
+        marker = files.record.stat().st_mtime_ns
+        newer = all(marker > path.stat().st_mtime_ns for path in files.inputs(channels))
+    except (OSError, ValueError):
+        return None
+    if not (newer and files.labels.is_file()) or written.get("provenance") != json.loads(
+        json.dumps(segmenter.provenance())  # as JSON stores it: tuples become lists
+    ):
+        return None
+    return _record(written, segmenter.config)
+
+
+def segment_one(
+    files: SegmentFiles, participant_id: str, segmenter: Segmenter, batch_size: int
+) -> dict[str, Any]:
+    """Segment one participant and write its outputs; return its shard-table record."""
+    started = time.perf_counter()
+    try:
+        try:
+            landmarks = read_landmarks(files.landmarks)
+        except MyoflowError as err:
+            raise ParticipantExcluded("inputs_unreadable", str(err)) from err
+        spec = crop_spec(segmenter.config)
+        channels, affine = read_channels(files, spec.channels)
+        read_s = time.perf_counter() - started
+        segmentation = predict.segment_participant(
+            segmenter.model,
+            segmenter.config,
+            channels,
+            affine,
+            landmarks,
+            segmenter.device,
+            batch_size,
+        )
+        if not segmentation.labels.any():
+            raise ParticipantExcluded(
+                "no_muscle_found",
+                f"no voxel reached probability {predict.THRESHOLD} for any label in either crop",
+            )
+    except ParticipantExcluded as excluded:
+        files.remove_outputs()
+        write_exclusion(files.exclusion, participant_id, STAGE, excluded)
+        return {
+            "status": "excluded",
+            "stage": STAGE,
+            "reason": excluded.reason,
+            "detail": excluded.detail,
+        }
+    written = time.perf_counter()
+    files.record.unlink(missing_ok=True)  # incomplete until the labels are written
+    save_nifti(files.labels, segmentation.labels, affine, descrip="myoflow segmentation")
+    clear_exclusion(files.exclusion, STAGE)
+    seconds = {"read": read_s, **segmentation.seconds, "write": time.perf_counter() - written}
+    record = {
+        "participant_id": participant_id,
+        "model": {
+            "name": segmenter.name,
+            "weights_sha256": segmenter.card["weights_sha256"],
+            "labels": list(segmenter.config["labels"]),
+            "crop": spec.to_dict(),
+        },
+        "device": segmenter.describe_device(),
+        "batch_size": batch_size,
+        "crop_boxes": {
+            side: [list(pair) for pair in box] for side, box in segmentation.crop_boxes.items()
+        },
+        "label_values": {name: LABELS[name] for name in expected_labels(segmenter.config)},
+        "label_voxels": label_voxels(segmentation.labels),
+        "seconds": {step: round(value, 3) for step, value in seconds.items()}
+        | {"total": round(time.perf_counter() - started, 3)},
+        "provenance": segmenter.provenance(),
+    }
+    write_json(files.record, record)
+    return _record(record, segmenter.config)
+
+
+def segment_shard(
+    members: pd.DataFrame,
+    participants_dir: str | os.PathLike[str],
+    landmarks: pd.DataFrame,
+    segmenter: Segmenter,
+    batch_size: int = 2,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Segment every participant of a shard; return the shard table (SHARD_COLUMNS).
+
+    Args:
+        members: rows with ``participant_id`` and ``shard``.
+        participants_dir: folder holding one folder per participant.
+        landmarks: the shard's landmarks table (``participant_id``, ``status``,
+            ``stage``, ``reason``, ``detail``): who passed the earlier stages.
+        segmenter: the loaded model (:func:`load_segmenter`).
+        batch_size: crops per forward pass.
+        log: receives one line per participant, naming it and the outcome.
+
+    A participant excluded at an earlier stage is not segmented (its record stays, stale
+    segmentation outputs are removed); one that cannot be segmented gets
+    ``exclusion.json``; neither stops the others. Complete participants are skipped.
+
+    Raises:
+        MyoflowError: the landmarks table lacks a member (run the landmarks stage first).
+    """
+    status = landmarks.fillna("").astype({"participant_id": str}).set_index("participant_id")
+    rows = []
+    for member in members.itertuples(index=False):
+        pid = member.participant_id
+        if pid not in status.index:
+            raise MyoflowError(
+                f"participant {pid} is not in the shard's landmarks table; run the landmarks "
+                "stage of this shard first"
+            )
+        files = SegmentFiles(Path(participants_dir) / pid)
+        earlier = status.loc[pid]
+        if earlier["status"] != "ok":
+            files.remove_outputs()
+            record = {
+                "status": "excluded",
+                "stage": earlier.get("stage", "") or "landmarks",
+                "reason": earlier.get("reason", ""),
+                "detail": earlier.get("detail", ""),
+            }
+            log(f"{pid}: excluded at {record['stage']} ({record['reason']}), not segmented")
+        elif (record := complete_record(files, segmenter)) is not None:
+            log(f"{pid}: complete, skipped")
+        else:
+            started = time.perf_counter()
+            record = segment_one(files, pid, segmenter, batch_size)
+            seconds = time.perf_counter() - started
+            outcome = (
+                f"excluded, {record['reason']}: {record['detail']}"
+                if record["status"] != "ok"
+                else f"ok, {record['n_labels']} labels"
+            )
+            log(f"{pid}: {outcome} ({seconds:.1f} s)")
+        rows.append(
+            {"participant_id": pid, "shard": member.shard}
+            | {column: record.get(column, "") for column in SHARD_COLUMNS[2:]}
+        )
+    return pd.DataFrame(rows, columns=SHARD_COLUMNS)
