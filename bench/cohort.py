@@ -283,7 +283,10 @@ def run(folder: Path, participants: int, protocol: str, stats: dict) -> float:
     from myoflow import cli
 
     print(f"cohort: {participants} participants ({protocol}, truth-only) in {folder}")
-    setup(folder, participants, protocol)
+    if (folder / "shards").is_dir():  # --keep DIR of an earlier run: same stand-in inputs
+        print(f"  setup: reusing the stand-in pipeline outputs in {folder}")
+    else:
+        setup(folder, participants, protocol)
     started = time.perf_counter()
     subprocess.run([str(MYOFLOW), "--version"], check=True, capture_output=True)
     startup = time.perf_counter() - started
@@ -314,7 +317,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--participants", type=int, default=100_000)
     parser.add_argument("--protocol", default="ukbb", choices=("ukbb", "nako"))
-    parser.add_argument("--keep", type=Path, help="write the cohort and outputs here")
+    parser.add_argument(
+        "--keep", type=Path, help="write the cohort and outputs here (reused if present)"
+    )
     parser.add_argument(
         "--config", type=Path, default=Path("config/config.yaml"), help="stats from this config"
     )

@@ -3,29 +3,6 @@
 # (except the few overlays of the QC montage).
 
 
-def stats_json():
-    """The stats settings as one JSON argument (a param: a change reruns what uses it)."""
-    return json.dumps(config.get("stats", {}), sort_keys=True, separators=(",", ":"))
-
-
-def manual_annotations():
-    """The configured manual annotation tables by kind (volumes, dice); unset ones left out."""
-    given = config.get("stats", {}).get("manual_annotations") or {}
-    return {kind: path for kind, path in given.items() if path}
-
-
-def manual_arguments():
-    """`myoflow analyse` options naming the manual annotation tables."""
-    option = {"volumes": "--manual", "dice": "--dice"}
-    return " ".join(f"{option[k]} {path}" for k, path in manual_annotations().items())
-
-
-def model_card():
-    """The segmentation model's card if the configured model folder has one."""
-    path = os.path.join(config.get("model", {}).get("dir", ""), "model_card.json")
-    return [path] if os.path.exists(path) else []
-
-
 rule cohort_participants:
     """Gather the shard tables into the analysis table and the exclusions."""
     input:

@@ -65,3 +65,39 @@ def final_outputs():
         "results/cohort/exclusions.tsv",
         "results/cohort/report.html",
     ]
+
+
+def stats_json():
+    """The stats settings as one JSON argument (a param: a change reruns what uses it)."""
+    return json.dumps(config.get("stats", {}), sort_keys=True, separators=(",", ":"))
+
+
+def manual_annotations():
+    """The configured manual annotation tables by kind (volumes, dice); unset ones left out."""
+    given = config.get("stats", {}).get("manual_annotations") or {}
+    return {kind: path for kind, path in given.items() if path}
+
+
+def manual_arguments():
+    """`myoflow analyse` options naming the manual annotation tables."""
+    option = {"volumes": "--manual", "dice": "--dice"}
+    return " ".join(f"{option[k]} {path}" for k, path in manual_annotations().items())
+
+
+def model_card():
+    """The segmentation model's card if the configured model folder has one."""
+    path = os.path.join(config.get("model", {}).get("dir", ""), "model_card.json")
+    return [path] if os.path.exists(path) else []
+
+
+def training_split(training):
+    """The held-out options of `myoflow train`: a k-fold fold, or a share of the pairs."""
+    if training.get("folds") is not None:
+        return f"--folds {training['folds']} --fold {training['fold']}"
+    return f"--val-fraction {training['val_fraction']}"
+
+
+def training_budget(training):
+    """--max-minutes when the config sets a time budget (it does not change the recipe)."""
+    budget = training.get("max_minutes")
+    return "" if budget is None else f"--max-minutes {budget}"

@@ -4,19 +4,6 @@
 TRAINING = config["training"]
 
 
-def training_split(training):
-    """The held-out options of `myoflow train`: a k-fold fold, or a share of the pairs."""
-    if training.get("folds") is not None:
-        return f"--folds {training['folds']} --fold {training['fold']}"
-    return f"--val-fraction {training['val_fraction']}"
-
-
-def training_budget(training):
-    """--max-minutes when the config sets a time budget (it does not change the recipe)."""
-    budget = training.get("max_minutes")
-    return "" if budget is None else f"--max-minutes {budget}"
-
-
 rule train:
     """Train, evaluate on held-out participants and write the model with its card."""
     input:

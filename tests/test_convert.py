@@ -18,7 +18,7 @@ import yaml
 from dicom_helpers import write_sheet, zip_folder
 from pydicom.uid import RLELossless
 from scipy import ndimage
-from test_workflow import ROOT, check, copy_workflow, job_counts, snakemake
+from test_workflow import INGESTION, ROOT, check, copy_workflow, job_counts, snakemake
 
 from myoflow import convert as conv
 from myoflow.cli import main
@@ -438,7 +438,7 @@ def workdir(cohort, tmp_path) -> Path:
 
 @pytest.mark.workflow
 def test_workflow_converts_good_participants_and_excludes_broken_ones(workdir):
-    check(snakemake("--profile", "config/profiles/local", "--cores", "2", cwd=workdir))
+    check(snakemake(*INGESTION, "--profile", "config/profiles/local", "--cores", "2", cwd=workdir))
 
     table = read_tsv(workdir / "results" / "cohort" / "convert.tsv").set_index("participant_id")
     assert len(table) == 10
@@ -473,12 +473,12 @@ def test_workflow_converts_good_participants_and_excludes_broken_ones(workdir):
         assert (workdir / "benchmarks" / "shards" / shard / "convert.tsv").is_file()
 
     assert "Nothing to be done" in check(
-        snakemake("-n", "--profile", "config/profiles/local", cwd=workdir)
+        snakemake(*INGESTION, "-n", "--profile", "config/profiles/local", cwd=workdir)
     )
     # Another grid is another conversion: every convert shard reruns, no inventory.
     config_path = workdir / "config" / "config.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["ingest"]["grid"]["spacing_mm"] = [3.0, 3.0, 4.0]
     config_path.write_text(yaml.safe_dump(config))
-    output = check(snakemake("-n", "--profile", "config/profiles/local", cwd=workdir))
-    assert job_counts(output) == {"convert_shard": 2, "convert_cohort": 1, "all": 1}
+    output = check(snakemake(*INGESTION, "-n", "--profile", "config/profiles/local", cwd=workdir))
+    assert job_counts(output) == {"convert_shard": 2, "convert_cohort": 1}

@@ -205,7 +205,9 @@ def test_the_cohort_rules_run_and_snakemake_reports_them(tmp_path):
     Only the cohort rules may run (the shard tables stand in for the per-shard stages).
     """
     copy_workflow(tmp_path)
-    shutil.copytree(ROOT / "workflow" / "report", tmp_path / "workflow" / "report")
+    shutil.copytree(
+        ROOT / "workflow" / "report", tmp_path / "workflow" / "report", dirs_exist_ok=True
+    )
     phenotypes, truth = synth_cohort(tmp_path / "synth", 30, seed=31)
     write_pipeline(tmp_path / "data", phenotypes, truth, shards_dir=tmp_path / "results" / "shards")
     config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())

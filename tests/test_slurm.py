@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-from test_workflow import check, copy_workflow, snakemake
+from test_workflow import INGESTION, check, copy_workflow, snakemake
 
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
@@ -171,8 +171,8 @@ def test_workflow_through_slurm_matches_a_local_run(cluster, tmp_path):
     on_slurm = workdir_for(tmp_path, "slurm", sheet)
     profile = cluster_profile(tmp_path / "profile")
 
-    check(snakemake("--profile", "config/profiles/local", "--cores", "2", cwd=local))
-    output = check(snakemake("--profile", str(profile), cwd=on_slurm))
+    check(snakemake(*INGESTION, "--profile", "config/profiles/local", "--cores", "2", cwd=local))
+    output = check(snakemake(*INGESTION, "--profile", str(profile), cwd=on_slurm))
 
     # SLURM ran one job per shard and stage, each completed, on the profile's partition
     # and account; nothing else of this run went to SLURM.
@@ -206,7 +206,7 @@ def test_workflow_through_slurm_matches_a_local_run(cluster, tmp_path):
 
     # The records of the run (in the persistence backend the profile names) are complete:
     # nothing to redo, and every job's provenance is there for the rerun triggers.
-    dry_run = check(snakemake("-n", "--profile", str(profile), cwd=on_slurm))
+    dry_run = check(snakemake(*INGESTION, "-n", "--profile", str(profile), cwd=on_slurm))
     assert "Nothing to be done" in dry_run
     assert "missing provenance" not in dry_run
     assert (on_slurm / ".snakemake" / "metadata.db").is_file()

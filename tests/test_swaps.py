@@ -196,3 +196,15 @@ def test_memory_order_of_the_channels_changes_nothing():
     fortran = [np.asfortranarray(a, dtype=np.float32) for a in channels]
     assert swaps.detect_swaps(*fortran, TOY_STATIONS, TOY_AFFINE) == c_order
     assert c_order[0].status == "partial_swap"
+
+
+@pytest.mark.parametrize(("shape", "iterations"), [((3, 9, 11), 1), ((2, 8, 7), 2), ((2, 1, 6), 2)])
+def test_erode_in_plane_equals_the_binary_erosion(shape, iterations):
+    from scipy import ndimage
+
+    mask = np.random.default_rng(sum(shape)).random(shape) > 0.1
+    cross = np.zeros((1, 3, 3), dtype=bool)
+    cross[0, 1, :] = cross[0, :, 1] = True
+    expected = ndimage.binary_erosion(mask, structure=cross, iterations=iterations)
+    assert expected.any() == (shape[1] > 1)  # a single row erodes away
+    np.testing.assert_array_equal(swaps.erode_in_plane(mask, iterations), expected)

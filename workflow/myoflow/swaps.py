@@ -222,10 +222,6 @@ class _StationVoxels:
     voxel_ml: float
 
 
-_IN_PLANE_CROSS = np.zeros((1, 3, 3), dtype=bool)
-_IN_PLANE_CROSS[0, 1, :] = _IN_PLANE_CROSS[0, :, 1] = True
-
-
 def _station_voxels(water, fat, in_phase, opposed, k, settings, voxel_ml) -> _StationVoxels:
     """Tissue and dominant voxels of the slices ``k``; channels indexed (k, j, i)."""
     contiguous = k.size and k[-1] - k[0] + 1 == k.size
@@ -234,17 +230,33 @@ def _station_voxels(water, fat, in_phase, opposed, k, settings, voxel_ml) -> _St
     top = float(np.percentile(i, 99)) if i.size else 0.0
     # Tissue away from the skin: partial volume with air makes the outer voxels dim, and in
     # lean participants the thin subcutaneous fat is nothing but such voxels.
-    inside = ndimage.binary_erosion(
-        i > 0.5 * settings.body_fraction * top,
-        structure=_IN_PLANE_CROSS,
-        iterations=settings.skin_voxels,
-    )
+    inside = erode_in_plane(i > 0.5 * settings.body_fraction * top, settings.skin_voxels)
     body = inside & (i > settings.body_fraction * top)
     # Voxels much darker than their surroundings are partial volume (fat dimmed by air in
     # skin folds, muscle at the edge of fat): leave them out of levels and judgement.
     peak = max_in_plane(i, radius=2)
     dominant = body & (o > settings.dominance * i) & (i >= settings.local_fraction * peak)
     return _StationVoxels(i, dominant & (f > w), dominant & (w > f), body, voxel_ml)
+
+
+def erode_in_plane(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Erode a (k, j, i) mask ``iterations`` times by the in-plane 4-connected cross.
+
+    Equal to ``ndimage.binary_erosion(mask, cross, iterations, border_value=0)`` with
+    ``cross`` of shape (1, 3, 3): a voxel stays while it and its four in-plane neighbours
+    are set (none beyond the edge), written as shifted ANDs over contiguous memory.
+    """
+    out = np.asarray(mask, dtype=bool)
+    for _ in range(iterations):
+        eroded = out.copy()
+        eroded[:, 1:, :] &= out[:, :-1, :]
+        eroded[:, :-1, :] &= out[:, 1:, :]
+        eroded[:, :, 1:] &= out[:, :, :-1]
+        eroded[:, :, :-1] &= out[:, :, 1:]
+        eroded[:, [0, -1], :] = False
+        eroded[:, :, [0, -1]] = False
+        out = eroded
+    return out
 
 
 def max_in_plane(slices: np.ndarray, radius: int) -> np.ndarray:
