@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo lint test
+.PHONY: setup demo lint test browser
 
 ## setup: create .venv with the pinned runtime and development dependencies
 setup: $(VENV)/.installed
@@ -33,10 +33,20 @@ lint: setup
 ##       As root it starts a one-node SLURM cluster (ci/slurm/cluster.sh) for the tests and
 ##       stops it after, also on failure; SLURM=no skips that, and tests/test_slurm.py.
 SLURM ?= $(if $(filter 0,$(shell id -u)),yes,no)
-test: setup lint
+test: setup lint browser
 	@if [ "$(SLURM)" = yes ]; then \
 		ci/slurm/cluster.sh run $(BIN)/python -m pytest; \
 	else \
 		echo "make test: no SLURM cluster (SLURM=$(SLURM); it needs root): tests/test_slurm.py is skipped"; \
 		$(BIN)/python -m pytest; \
+	fi
+
+## browser: as root, install Debian's chromium when missing (tests/test_report.py opens the
+##          report in it; without it that test is skipped, saying why)
+browser:
+	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
+		echo "make test: could not install chromium; the browser test will be skipped"; \
 	fi
