@@ -1,6 +1,7 @@
 """Benchmark the cohort end of the workflow at biobank scale: gather, statistics, figures,
-report, as the workflow runs them (``myoflow gather``, ``analyse``, ``plot``, ``report``,
-each a fresh process, imports included).
+report, through the commands the rules call (``myoflow gather``, ``analyse``, ``plot``,
+``report``), run in this process one after another; the start-up of one fresh ``myoflow``
+process (interpreter and imports, paid once by each rule) is timed apart.
 
 Run: ``.venv/bin/python bench/cohort.py [--participants 100000] [--protocol ukbb] [--keep DIR]``
 

@@ -17,6 +17,7 @@ from myoflow.analysis import (
     AnalysisSettings,
     profile_matrix_from_text,
     read_analysis_cohort,
+    read_profiles,
     read_tables,
     run_analysis,
     write_tables,
@@ -392,6 +393,9 @@ def recovered_from_tables(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def test_planted_effects_lie_inside_the_intervals_the_analysis_writes(planted_tables):
+    analyses = planted_tables["analyses"].set_index("analysis")["status"]
+    skipped = set(analyses[analyses != "ok"].index)
+    assert skipped == {"csa_profiles_age", "csa_profiles_bmi"}  # truth-only: no profiles
     found = recovered_from_tables(planted_tables)
     assert len(found) == 23  # every planted effect is reported
     inside = (found["ci_low"] <= found["planted"]) & (found["planted"] <= found["ci_high"])
@@ -405,3 +409,27 @@ def test_planted_effects_lie_inside_the_intervals_the_analysis_writes(planted_ta
     z = (found["estimate"] - found["planted"]).abs() / (half / 1.96)
     assert (z[known] < 3.29).all(), report
     print(f"planted effects inside the reported 95 % CI: {int(inside.sum())} of {len(found)}")
+
+
+def test_profile_files_parse_fast_and_slow_alike(tmp_path):
+    cells = {"psoas_csa_profile_left": ["[1.0, 2.0, 3.5]", "[4, 0.5, 6]"]}
+    cells["psoas_csa_profile_right"] = ["[7.25, 8, 9]", "[1e-3, 2, 3]"]
+    table = pd.DataFrame({ID: ["007", "008"], **cells})
+    write_tsv(tmp_path / "fast.tsv", table)
+    fast = read_profiles(tmp_path / "fast.tsv")
+    assert fast[ID].tolist() == ["007", "008"]
+    assert fast["psoas_csa_profile_right_0"].tolist() == [7.25, 0.001]
+    assert fast.shape == (2, 7)
+    slow_cells = table.assign(psoas_csa_profile_left=["[1.0, 2.0, 3.5]", ""])
+    write_tsv(tmp_path / "slow.tsv", slow_cells)  # an empty cell: the cell-by-cell path
+    slow = read_profiles(tmp_path / "slow.tsv")
+    assert np.isnan(slow.loc[1, "psoas_csa_profile_left_2"])
+    numbers = [c for c in fast.columns if c != ID]
+    assert slow[ID].tolist() == fast[ID].tolist()
+    assert np.array_equal(
+        slow.loc[0, numbers].to_numpy(float), fast.loc[0, numbers].to_numpy(float)
+    )
+    assert fast[numbers].dtypes.eq(float).all()
+    write_tsv(tmp_path / "ragged.tsv", table.assign(psoas_csa_profile_left=["[1, 2]", "[4, 5, 6]"]))
+    with pytest.raises(ValueError, match="different lengths"):
+        read_profiles(tmp_path / "ragged.tsv")

@@ -31,6 +31,7 @@ Tables (those of skipped analyses are absent):
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -452,15 +453,19 @@ def run_analysis(
     strata = _narrow(table, ID, "age_group", "bmi_class")
     if profiles is None and any(c in cohort.table.columns for c in profile_names):
         profiles = cohort.table[[ID, *(c for c in profile_names if c in cohort.table.columns)]]
+    joined: list[pd.DataFrame] = []  # parsed once, for both groupings
+
+    def profile_table() -> pd.DataFrame:
+        if not joined:
+            joined.append(_profile_table(strata, profiles, s.profile_columns))
+        return joined[0]
+
     for name, group in (("csa_profiles_age", "age_group"), ("csa_profiles_bmi", "bmi_class")):
         run(
             name,
             lambda group=group, name=name: {
                 name: normative.profile_percentiles(
-                    _profile_table(strata, profiles, s.profile_columns),
-                    s.profile_columns,
-                    (SEX, group),
-                    s.percentiles,
+                    profile_table(), s.profile_columns, (SEX, group), s.percentiles
                 )
             },
         )
@@ -497,9 +502,50 @@ def read_analysis_cohort(
     return AnalysisCohort(table=table, exclusions=excluded, n_sheet=len(table) + len(excluded))
 
 
-def read_profiles(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """``csa_profiles.tsv``: ids and profile cells as text (parsed by the analysis)."""
-    return pd.read_csv(path, sep="\t", dtype=object, keep_default_na=False)
+def read_profiles(
+    path: str | os.PathLike[str],
+    columns: Sequence[str] = tuple(normative.PROFILE_COLUMNS.values()),
+) -> pd.DataFrame:
+    """``csa_profiles.tsv`` as ``participant_id`` and numbered columns ``{name}_{i}``.
+
+    The file's JSON list cells are parsed by pandas' C reader in one pass (brackets and
+    tabs turned into commas): about 5x faster than parsing the cells one by one, which
+    matters at 100,000 x 2 x 100 values. Files with empty cells take the slow path.
+
+    Raises:
+        StatsInputError: the file does not start with ``participant_id``, or profiles
+            differ in length.
+    """
+    raw = Path(path).read_bytes()
+    head, _, body = raw.partition(b"\n")
+    names = head.decode().rstrip("\r").split("\t")
+    if names[0] != ID:
+        raise StatsInputError(f"{path}: the first column is {names[0]!r}, not {ID}")
+    columns = [c for c in columns if c in names]  # absent ones: the analyses say so
+    if not columns:
+        return pd.read_csv(path, sep="\t", dtype=str, usecols=[ID])
+    lines = body.count(b"\n") + (0 if body.endswith(b"\n") or not body else 1)
+    if lines == 0 or body.count(b"\t[") != lines * (len(names) - 1):  # empty or odd cells
+        text = pd.read_csv(path, sep="\t", dtype=object, keep_default_na=False)
+        return with_profile_columns(text[[ID, *columns]], {c: c for c in columns})
+    first = body.split(b"\n", 1)[0].split(b"\t")[1:]
+    bins = [cell.count(b",") + 1 for cell in first]
+    if body.count(b",") != lines * sum(n - 1 for n in bins):  # a shorter row would pad NaN
+        raise StatsInputError(f"{path}: profiles of different lengths")
+    flat = body.replace(b"[", b"").replace(b"]", b"").replace(b"\t", b",")
+    try:
+        values = pd.read_csv(io.BytesIO(flat), sep=",", header=None, dtype={0: str})
+    except (pd.errors.ParserError, ValueError) as err:
+        raise StatsInputError(
+            f"{path}: profiles of different lengths or not numbers: {err}"
+        ) from err
+    if values.shape[1] != 1 + sum(bins):
+        raise StatsInputError(f"{path}: profiles of different lengths")
+    labels = [f"{name}_{i}" for name, n in zip(names[1:], bins, strict=True) for i in range(n)]
+    values.columns = [ID, *labels]
+    values[labels] = values[labels].astype(float)  # "3" parses as an integer column
+    keep = [f"{c}_{i}" for c in columns for i in range(bins[names.index(c) - 1])]
+    return values[[ID, *keep]]
 
 
 def write_tables(folder: str | os.PathLike[str], tables: Mapping[str, pd.DataFrame]) -> list[Path]:

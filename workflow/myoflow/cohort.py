@@ -35,6 +35,7 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +205,7 @@ def read_shard_tables(paths: Sequence[str | os.PathLike[str]], what: str) -> Sha
             )
         if body and not body.endswith(b"\n"):
             body += b"\n"
-        bodies.append(body.replace(b"\r\n", b"\n"))
+        bodies.append(body.replace(b"\r\n", b"\n") if b"\r" in body else body)
     assert header is not None  # paths is not empty
     columns = tuple(header.decode().split("\t"))
     if columns[0] != ID:
@@ -480,7 +481,7 @@ def write_cohort(
         lines = [b"\t".join(parts) for parts in zip(lines, _cells(table[after]), strict=True)]
     header = "\t".join([*before, *scalars, *after]).encode()
     _write_lines(participants_path, header, lines)
-    ids = table[ID].astype(str).str.encode("utf-8")
+    ids = [i.encode() for i in table[ID].astype(str).tolist()]
     _write_lines(
         profiles_path,
         "\t".join([ID, *profiles]).encode(),
@@ -491,7 +492,7 @@ def write_cohort(
 
 
 def _write_lines(path: str | os.PathLike[str], header: bytes, lines: Sequence[bytes]) -> None:
-    write_bytes(path, header + b"\n" + b"".join(line + b"\n" for line in lines))
+    write_bytes(path, b"\n".join([header, *lines]) + b"\n")
 
 
 def _tail_columns(table: pd.DataFrame) -> list[str]:
@@ -514,8 +515,11 @@ def _metric_cells(
     imi_at = names.index(IMI) if IMI in names else None
     profile_at = [names.index(c) for c in profiles]
     keep = [i for i in range(len(names)) if i not in profile_at]
+    if imi_at is None:
+        keep.append(len(names))  # the IMI, appended to each row's cells below
+    pick_scalars, pick_profiles = _picker(keep), _picker(profile_at)
     scalar, profile = [], []
-    for pid, value in zip(ids.str.encode("utf-8"), imi, strict=True):
+    for pid, value in zip([i.encode() for i in ids.tolist()], imi, strict=True):
         cells = rows[pid].split(b"\t")
         if len(cells) != len(names):
             raise GatherError(
@@ -525,9 +529,16 @@ def _metric_cells(
             cells.append(value)
         else:
             cells[imi_at] = value
-        scalar.append(b"\t".join([cells[i] for i in keep] + cells[len(names) :]))
-        profile.append(b"\t".join([cells[i] for i in profile_at]))
+        scalar.append(b"\t".join(pick_scalars(cells)))
+        profile.append(b"\t".join(pick_profiles(cells)))
     return scalar, profile
+
+
+def _picker(indices: Sequence[int]):
+    """A function giving the items at ``indices`` as a tuple (C speed, via itemgetter)."""
+    if len(indices) > 1:
+        return itemgetter(*indices)
+    return lambda items: tuple(items[i] for i in indices)
 
 
 def write_exclusions(path: str | os.PathLike[str], cohort: AnalysisCohort) -> None:

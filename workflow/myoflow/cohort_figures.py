@@ -103,8 +103,8 @@ def _ordered(table: pd.DataFrame, column: str, labels: Sequence[str]) -> pd.Data
     return out
 
 
-def _panels(count: int, size: tuple[float, float]) -> tuple[Figure, list]:
-    columns = min(count, 3)
+def _panels(count: int, size: tuple[float, float], columns: int = 3) -> tuple[Figure, list]:
+    columns = min(count, columns)
     rows = -(-count // columns)
     fig = Figure(figsize=(size[0] * columns, size[1] * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel().tolist()
@@ -185,8 +185,10 @@ def cohort_figures(
         table = _ordered(tables[name], group, labels)
         metrics = list(table["metric"].drop_duplicates())
         fig, axes = _panels(len(metrics), (4.5, 3.6))
-        for metric, ax in zip(metrics, axes, strict=True):
+        for number, (metric, ax) in enumerate(zip(metrics, axes, strict=True)):
             figures.percentile_plot(table, metric, x=group, percentiles=_qs(table), ax=ax)
+            if number and ax.get_legend() is not None:  # one legend per figure
+                ax.get_legend().remove()
         out.append(
             CohortFigure(
                 name,
@@ -205,9 +207,11 @@ def cohort_figures(
         panels = [
             (sex, side) for sex in sorted(table["sex"].unique()) for side in ("left", "right")
         ]
-        fig, axes = _panels(len(panels), (3.6, 4.5))
+        fig, axes = _panels(len(panels), (3.6, 4.5), columns=2)
         for (sex, side), ax in zip(panels, axes, strict=True):
+            # every panel keeps its legend: colours follow the groups a panel has
             figures.profile_plot(table, group=group, side=side, where={"sex": sex}, ax=ax)
+            ax.set_title(f"{figures.SEX_NAMES.get(sex, sex)}, {side}", fontsize=10)
         out.append(
             CohortFigure(
                 name,

@@ -36,6 +36,7 @@ from myoflow import __version__
 from myoflow.analysis import AnalysisSettings, read_tables
 from myoflow.cohort import GatherSettings
 from myoflow.io import write_text
+from myoflow.stats import describe
 from myoflow.stats.groups import interval_labels
 
 PACKAGES = (
@@ -166,7 +167,11 @@ def counts(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     if t1 is not None and len(t1) and "sex" in t1.columns:
         first = t1[t1["level"].fillna("") == ""]
         first = first[first["variable"] == first["variable"].iloc[0]] if len(first) else first
-        out["by_sex"] = {str(s): int(n) for s, n in zip(first["sex"], first["n"], strict=True)}
+        out["by_sex"] = {
+            str(s): int(n)
+            for s, n in zip(first["sex"], first["n"], strict=True)
+            if str(s) != describe.ALL
+        }
     return out
 
 
