@@ -244,3 +244,12 @@ def test_command_writes_the_shard_table_and_refuses_bad_models(shard, capsys):
         save_tiny_model(shard / "model", [4.0, -4.0])
         assert main([*args[:-5], "cuda", *args[-4:]]) == 2
         assert "sees no GPU" in capsys.readouterr().err
+
+
+def test_segment_command_constants_match_the_package():
+    """The command keeps copies so that building the parser does not import torch."""
+    from myoflow.commands import segment as command
+    from myoflow.model.card import CARD_FILE
+    from myoflow.segment import DEVICES
+
+    assert (command.CARD_FILE, command.DEVICES) == (CARD_FILE, DEVICES)

@@ -15,6 +15,7 @@ row per participant: its status and, for those found, the landmark record.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import zlib
@@ -159,8 +160,6 @@ def _text(value: object) -> str:
 
 
 def _recorded_detail(path: Path, stage: str) -> str:
-    import json
-
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from myoflow.commands import add_shard_arguments, shard_members_of
 from myoflow.errors import MyoflowError
 from myoflow.io import read_tsv, write_tsv
-from myoflow.model.card import CARD_FILE
-from myoflow.segment import DEVICES, load_segmenter, resolve_device, segment_shard
+
+# torch and the model code load in run(), not here: `myoflow` imports every command module
+# to build its parser, and torch would add seconds to the start of every other command.
+CARD_FILE = "model_card.json"  # myoflow.model.card.CARD_FILE (a test checks they agree)
+DEVICES = ("auto", "cpu", "cuda")  # myoflow.segment.DEVICES
 
 HELP = "segment the muscles of every participant of one shard with one loaded model"
 
@@ -74,6 +75,10 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model once, segment the shard's participants, then write the shard table."""
+    import torch
+
+    from myoflow.segment import load_segmenter, resolve_device, segment_shard
+
     if args.model_card.name != CARD_FILE:
         raise MyoflowError(f"--model-card must name a {CARD_FILE}, got {args.model_card}")
     if args.threads is not None:
