@@ -22,7 +22,7 @@ def requirement_pins(path: Path) -> dict[str, str]:
         if line and not line.startswith("-r "):
             assert PIP_PIN.match(line), f"{path.name}: {line!r} is not pinned with =="
             name, version = line.split("==")
-            pins[name.lower()] = version
+            pins[name.split("[")[0].lower()] = version
     return pins
 
 
@@ -54,7 +54,7 @@ def test_myoflow_env_pins_the_runtime_requirements():
     runtime = requirement_pins(ROOT / "requirements.txt")
     # These run the workflow (and, in SLURM jobs, from the same Python as the Snakemake
     # that submitted them); rules do not need them inside their env.
-    for runner in ["snakemake", "snakemake-executor-plugin-slurm"]:
+    for runner in ["snakemake", "pygments", "snakemake-executor-plugin-slurm"]:
         runtime.pop(runner)
     assert pinned == runtime
 
@@ -63,6 +63,9 @@ def test_requirements_are_pinned():
     runtime = requirement_pins(ROOT / "requirements.txt")
     dev = requirement_pins(ROOT / "requirements-dev.txt")
     assert runtime["snakemake"] == "9.27.1"
+    # `snakemake --report` needs the [reports] extra (pygments), pinned beside it.
+    assert "snakemake[reports]==9.27.1" in (ROOT / "requirements.txt").read_text()
+    assert "pygments" in runtime
     assert "snakemake-executor-plugin-slurm" in runtime
     assert {"pytest", "ruff", "snakefmt", "dcm2niix"} <= set(dev)
     assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text()

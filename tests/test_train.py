@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -430,3 +432,9 @@ def test_evaluation_scores_a_known_segmentation(cohort):
     page = render_model_card({"config": CONFIG, "evaluation": summary})
     bias = summary["volume_agreement"]["iliacus"]["ml"]["bias"]
     assert f"| iliacus | ml | 6 | {bias:.2f} |" in page
+
+
+def test_the_cli_starts_without_torch():
+    """Every command but segment and train runs without torch: the CLI must not import it."""
+    code = "import sys, myoflow.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -44,6 +44,7 @@ from myoflow.errors import MyoflowError, ParticipantExcluded
 from myoflow.exclusions import clear_exclusion, write_exclusion
 from myoflow.grid import Grid
 from myoflow.io import write_json
+from myoflow.participant_files import ParticipantFiles
 from myoflow.series import (
     CHANNELS,
     DEFAULT_CHANNEL_RULES,
@@ -345,21 +346,8 @@ def _volume(datasets: Sequence[pydicom.Dataset], channel: str, station: int) -> 
 
 
 @dataclass(frozen=True)
-class ParticipantFiles:
+class ConvertFiles(ParticipantFiles):
     """Where the conversion writes one participant's outputs."""
-
-    root: Path
-
-    def channel(self, name: str) -> Path:
-        return self.root / "dixon" / f"{name}.nii.gz"
-
-    @property
-    def acquisition(self) -> Path:
-        return self.root / "dixon" / "acquisition.json"
-
-    @property
-    def exclusion(self) -> Path:
-        return self.root / "exclusion.json"
 
     def remove_outputs(self) -> None:
         """Remove the conversion outputs, the completion marker first."""
@@ -409,7 +397,7 @@ def convert_shard(
                 f"participant {member.participant_id} is not in the shard's inventory table; "
                 "run the inventory of this shard first"
             )
-        files = ParticipantFiles(Path(participants_dir) / member.participant_id)
+        files = ConvertFiles(Path(participants_dir) / member.participant_id)
         dicom_path = Path(member.dicom_path)
         if status.loc[member.participant_id, "status"] != "ok":
             files.remove_outputs()
@@ -434,7 +422,7 @@ def convert_shard(
 
 
 def _convert_one(
-    files: ParticipantFiles, participant_id: str, dicom_path: Path, settings: IngestSettings
+    files: ConvertFiles, participant_id: str, dicom_path: Path, settings: IngestSettings
 ) -> dict:
     """Convert one participant and write its outputs; return its shard-table record."""
     try:
@@ -472,9 +460,7 @@ def _record(acquisition: dict) -> dict:
     }
 
 
-def complete_record(
-    files: ParticipantFiles, dicom_path: Path, settings: IngestSettings
-) -> dict | None:
+def complete_record(files: ConvertFiles, dicom_path: Path, settings: IngestSettings) -> dict | None:
     """Return a participant's shard-table record if its outputs are still valid, else None.
 
     Valid means: every channel and ``acquisition.json`` exist, the latter is newer than

@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,8 @@ from myoflow.errors import MyoflowError, ParticipantExcluded
 from myoflow.exclusions import clear_exclusion, write_exclusion
 from myoflow.landmarks import EXCLUSION_REASONS as LANDMARK_REASONS
 from myoflow.landmarks import SIDES, HipLandmarks, detect_hips, read_landmarks, write_landmarks
+from myoflow.participant_files import ParticipantFiles
+from myoflow.participant_files import read_channels as read_participant_channels
 
 STAGE = "landmarks"
 
@@ -53,70 +53,21 @@ SHARD_COLUMNS = STATUS_COLUMNS + LANDMARK_COLUMNS
 """Columns of ``results/shards/{shard}/landmarks.tsv``: one row per participant."""
 
 
-@dataclass(frozen=True)
-class DixonFiles:
-    """One participant's folder: the stitched channels the conversion wrote, the landmarks
-    and the exclusion record."""
-
-    root: Path
-
-    def channel(self, name: str) -> Path:
-        return self.root / "dixon" / f"{name}.nii.gz"
-
-    @property
-    def acquisition(self) -> Path:
-        return self.root / "dixon" / "acquisition.json"
-
-    @property
-    def landmarks(self) -> Path:
-        return self.root / "landmarks.json"
-
-    @property
-    def exclusion(self) -> Path:
-        return self.root / "exclusion.json"
-
-
 def read_channels(
-    files: DixonFiles, names: Sequence[str]
+    files: ParticipantFiles, names: Sequence[str]
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The named stitched channels as float32 arrays (i, j, k) and their RAS affine.
+    """The named stitched channels (float32, (i, j, k)) and their RAS affine.
 
     Raises:
-        ParticipantExcluded: ``dixon_unreadable``: a file is missing, damaged, not 3-D, or
-            the channels differ in shape or affine.
+        ParticipantExcluded: ``dixon_unreadable``: see
+            :func:`myoflow.participant_files.read_channels`.
     """
-    import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
-
-    arrays: dict[str, np.ndarray] = {}
-    affine = None
-    for name in names:
-        path = files.channel(name)
-        try:
-            image = nib.load(path)
-            data = image.get_fdata(dtype=np.float32)
-        except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as err:
-            raise ParticipantExcluded(
-                "dixon_unreadable", f"dixon/{name}.nii.gz: {err}".rstrip()
-            ) from err
-        if data.ndim != 3:
-            raise ParticipantExcluded(
-                "dixon_unreadable", f"dixon/{name}.nii.gz has shape {data.shape}, not 3-D"
-            )
-        if affine is None:
-            affine = np.asarray(image.affine, dtype=float)
-        elif data.shape != next(iter(arrays.values())).shape or not np.allclose(
-            image.affine, affine, atol=1e-4
-        ):
-            raise ParticipantExcluded(
-                "dixon_unreadable",
-                f"dixon/{name}.nii.gz is not on the grid of dixon/{names[0]}.nii.gz",
-            )
-        arrays[name] = data
-    return arrays, affine
+    return read_participant_channels(files, names, "dixon_unreadable")
 
 
-def upstream_exclusion(table: pd.DataFrame, participant_id: str, files: DixonFiles) -> dict | None:
+def upstream_exclusion(
+    table: pd.DataFrame, participant_id: str, files: ParticipantFiles
+) -> dict | None:
     """A participant's exclusion by an earlier stage, from that stage's shard table.
 
     Returns None when the participant is ``ok`` there; else ``stage``, ``reason`` and
@@ -192,7 +143,7 @@ def landmarks_shard(
     rows = []
     for member in members.itertuples(index=False):
         pid = member.participant_id
-        files = DixonFiles(Path(participants_dir) / pid)
+        files = ParticipantFiles(Path(participants_dir) / pid)
         earlier = upstream_exclusion(convert_table, pid, files)
         if earlier is not None:
             files.landmarks.unlink(missing_ok=True)
@@ -215,7 +166,7 @@ def landmarks_shard(
     return pd.DataFrame(rows, columns=SHARD_COLUMNS)
 
 
-def current_landmarks(files: DixonFiles) -> HipLandmarks | None:
+def current_landmarks(files: ParticipantFiles) -> HipLandmarks | None:
     """The participant's landmarks if ``landmarks.json`` is newer than water and fat."""
     try:
         written = files.landmarks.stat().st_mtime_ns
@@ -230,7 +181,7 @@ def current_landmarks(files: DixonFiles) -> HipLandmarks | None:
         return None
 
 
-def _find_one(files: DixonFiles, participant_id: str) -> dict:
+def _find_one(files: ParticipantFiles, participant_id: str) -> dict:
     """Detect one participant's hips and write its landmarks or exclusion."""
     files.landmarks.unlink(missing_ok=True)
     try:

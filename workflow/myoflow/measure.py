@@ -54,7 +54,6 @@ from myoflow.errors import MyoflowError, ParticipantExcluded
 from myoflow.exclusions import clear_exclusion, write_exclusion
 from myoflow.hips import (
     STATUS_COLUMNS,
-    DixonFiles,
     exclusion_record,
     read_channels,
     require_members,
@@ -70,6 +69,7 @@ from myoflow.metrics import (
     write_metrics,
 )
 from myoflow.overlay import participant_overlay
+from myoflow.participant_files import ParticipantFiles
 from myoflow.qc import QcError, QcSettings, participant_flags, qc_status, write_flags
 from myoflow.swaps import SwapDecision, SwapError, detect_swaps, station_slices
 
@@ -104,28 +104,8 @@ def metrics_columns() -> list[str]:
 
 
 @dataclass(frozen=True)
-class MeasureFiles(DixonFiles):
+class MeasureFiles(ParticipantFiles):
     """One participant's folder: what the stage reads and what it writes."""
-
-    @property
-    def labels(self) -> Path:
-        return self.root / "seg" / "labels.nii.gz"
-
-    @property
-    def segmentation(self) -> Path:
-        return self.root / "seg" / "segmentation.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def flags(self) -> Path:
-        return self.root / "qc" / "flags.json"
-
-    @property
-    def overlay(self) -> Path:
-        return self.root / "qc" / "overlay.png"
 
     def inputs(self) -> list[Path]:
         """Every file the measurement reads (``seg/segmentation.json`` if there)."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,12 @@ from torch import nn
 from myoflow.errors import MyoflowError, ParticipantExcluded
 from myoflow.exclusions import clear_exclusion, write_exclusion
 from myoflow.io import save_nifti, write_json
-from myoflow.landmarks import lps_axes, read_landmarks
+from myoflow.landmarks import read_landmarks
 from myoflow.model import predict
 from myoflow.model.card import load_model
 from myoflow.model.registry import crop_spec
+from myoflow.participant_files import ParticipantFiles
+from myoflow.participant_files import read_channels as read_participant_channels
 from myoflow.synth.anatomy import LABELS
 
 SEGMENT_VERSION = 1
@@ -138,80 +139,29 @@ def load_segmenter(model_dir: str | os.PathLike[str], device: torch.device) -> S
 
 
 @dataclass(frozen=True)
-class SegmentFiles:
+class SegmentFiles(ParticipantFiles):
     """Where the segmentation reads and writes one participant's files."""
-
-    root: Path
-
-    def channel(self, name: str) -> Path:
-        return self.root / "dixon" / f"{name}.nii.gz"
-
-    @property
-    def landmarks(self) -> Path:
-        return self.root / "landmarks.json"
-
-    @property
-    def labels(self) -> Path:
-        return self.root / "seg" / "labels.nii.gz"
-
-    @property
-    def record(self) -> Path:
-        return self.root / "seg" / "segmentation.json"
-
-    @property
-    def exclusion(self) -> Path:
-        return self.root / "exclusion.json"
 
     def inputs(self, channels: Sequence[str]) -> list[Path]:
         return [self.landmarks, *(self.channel(name) for name in channels)]
 
     def remove_outputs(self) -> None:
         """Remove the segmentation outputs, the completion marker first."""
-        self.record.unlink(missing_ok=True)
+        self.segmentation.unlink(missing_ok=True)
         self.labels.unlink(missing_ok=True)
 
 
 def read_channels(
-    files: SegmentFiles, names: Sequence[str]
+    files: ParticipantFiles, names: Sequence[str]
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The named stitched channels (float32) and their shared voxel -> RAS affine.
 
     Raises:
         ValueError: ``names`` is empty.
-        ParticipantExcluded: ``inputs_unreadable`` when a channel is missing or
-            unreadable, the channels are not on one grid, or the grid is not in the
-            package's array convention.
+        ParticipantExcluded: ``inputs_unreadable``: see
+            :func:`myoflow.participant_files.read_channels`.
     """
-    import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
-
-    if not names:
-        raise ValueError("no channel to read")
-    channels: dict[str, np.ndarray] = {}
-    affines: dict[str, np.ndarray] = {}
-    for name in names:
-        try:
-            image = nib.load(files.channel(name))
-            channels[name] = np.asarray(image.get_fdata(dtype=np.float32))
-        except (OSError, ValueError, EOFError, zlib.error, ImageFileError) as err:
-            raise ParticipantExcluded(
-                "inputs_unreadable", f"dixon/{name}.nii.gz cannot be read: {err}"
-            ) from err
-        affines[name] = np.asarray(image.affine, dtype=float)
-    first = names[0]
-    for name in names[1:]:
-        if channels[name].shape != channels[first].shape or not np.allclose(
-            affines[name], affines[first], atol=1e-4
-        ):
-            raise ParticipantExcluded(
-                "inputs_unreadable",
-                f"dixon/{name}.nii.gz is not on the grid of dixon/{first}.nii.gz",
-            )
-    try:
-        lps_axes(affines[first])
-    except ValueError as err:
-        raise ParticipantExcluded("inputs_unreadable", f"dixon/{first}.nii.gz: {err}") from err
-    return channels, affines[first]
+    return read_participant_channels(files, names, "inputs_unreadable")
 
 
 def label_voxels(labels: np.ndarray) -> dict[str, int]:
@@ -247,8 +197,8 @@ def complete_record(files: SegmentFiles, segmenter: Segmenter) -> dict[str, Any]
     """
     channels = crop_spec(segmenter.config).channels
     try:
-        written = json.loads(files.record.read_text())
-        marker = files.record.stat().st_mtime_ns
+        written = json.loads(files.segmentation.read_text())
+        marker = files.segmentation.stat().st_mtime_ns
         newer = all(marker > path.stat().st_mtime_ns for path in files.inputs(channels))
     except (OSError, ValueError):
         return None
@@ -296,7 +246,7 @@ def segment_one(
             "detail": excluded.detail,
         }
     written = time.perf_counter()
-    files.record.unlink(missing_ok=True)  # incomplete until the labels are written
+    files.segmentation.unlink(missing_ok=True)  # incomplete until the labels are written
     save_nifti(files.labels, segmentation.labels, affine, descrip="myoflow segmentation")
     clear_exclusion(files.exclusion, STAGE)
     seconds = {"read": read_s, **segmentation.seconds, "write": time.perf_counter() - written}
@@ -319,7 +269,7 @@ def segment_one(
         | {"total": round(time.perf_counter() - started, 3)},
         "provenance": segmenter.provenance(),
     }
-    write_json(files.record, record)
+    write_json(files.segmentation, record)
     return _record(record, segmenter.config)
 
 

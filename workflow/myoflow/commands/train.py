@@ -9,16 +9,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from myoflow.crop import GLUTEUS_CROP, HIPS_COARSE_CROP, HIPS_CROP, ILIOPSOAS_CROP, CropSpec
 from myoflow.errors import MyoflowError
 from myoflow.io import write_tsv
 from myoflow.metrics import GROUPS, MUSCLES
-from myoflow.model.augment import AugmentSettings
-from myoflow.model.registry import ModelConfigError, check_config
-from myoflow.model.samples import pairs_table, read_pairs, synthetic_pairs
-from myoflow.model.train import Progress, SplitSettings, TrainSettings, run_training
+
+# torch and the model code load when a command runs, not here: `myoflow` imports every
+# command module, and every other command would pay torch's start-up (seconds).
+if TYPE_CHECKING:
+    from myoflow.model.train import Progress
 
 CROPS = {c.name: c for c in (HIPS_COARSE_CROP, HIPS_CROP, ILIOPSOAS_CROP, GLUTEUS_CROP)}
 DEFAULT_LABELS = {
@@ -113,6 +114,8 @@ def model_config(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         MyoflowError: the config file cannot be read or the result is invalid.
     """
+    from myoflow.model.registry import ModelConfigError, check_config
+
     config: dict[str, Any] = {"architecture": "vnet"}
     if args.config is not None:
         try:
@@ -162,6 +165,10 @@ def progress_printer(stream: TextIO = sys.stderr) -> Callable[[Progress], None]:
 
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate on the held-out participants and write the model."""
+    from myoflow.model.augment import AugmentSettings
+    from myoflow.model.samples import read_pairs
+    from myoflow.model.train import SplitSettings, TrainSettings, run_training
+
     config = model_config(args)
     try:
         settings = TrainSettings(
@@ -204,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_pairs(args: argparse.Namespace) -> int:
     """Write the pairs TSV of a synthetic cohort."""
+    from myoflow.model.samples import pairs_table, synthetic_pairs
+
     pairs = synthetic_pairs(args.synth, args.participants_dir)
     if not pairs:
         raise MyoflowError(
