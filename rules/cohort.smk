@@ -43,6 +43,31 @@ rule cohort_participants:
         " > {log} 2>&1"
 
 
+rule cohort_manual_agreement:
+    """Score the workflow's masks against the manual label maps of annotated participants."""
+    input:
+        masks=manual_masks(),
+        # Every shard's segmentation table: new masks (a new model) rescore.
+        segment=expand("results/shards/{shard}/segment.tsv", shard=all_shards()),
+    output:
+        **MANUAL_AGREEMENT,
+    log:
+        "logs/cohort/manual_agreement.log",
+    benchmark:
+        "benchmarks/cohort/manual_agreement.tsv"
+    conda:
+        "../envs/myoflow.yaml"
+    threads: 1
+    resources:
+        # Two label maps in memory at a time; about 0.2 s per annotated participant.
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "myoflow manual-agreement --masks {input.masks} --participants-dir results/participants"
+        " --dice-out {output.dice} --volumes-out {output.volumes}"
+        " --status-out {output.status} > {log} 2>&1"
+
+
 rule cohort_statistics:
     """Run the configured cohort statistics, one TSV table each."""
     input:

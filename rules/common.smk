@@ -72,10 +72,34 @@ def stats_json():
     return json.dumps(config.get("stats", {}), sort_keys=True, separators=(",", ":"))
 
 
-def manual_annotations():
-    """The configured manual annotation tables by kind (volumes, dice); unset ones left out."""
+MANUAL_AGREEMENT = {
+    "dice": "results/cohort/manual/dice.tsv",
+    "volumes": "results/cohort/manual/volumes.tsv",
+    "status": "results/cohort/manual/status.tsv",
+}
+"""What rule cohort_manual_agreement writes when manual masks are configured."""
+
+
+def manual_masks():
+    """The sheet of manual label maps, as a list: empty when none is configured."""
     given = config.get("stats", {}).get("manual_annotations") or {}
-    return {kind: path for kind, path in given.items() if path}
+    return [given["masks"]] if given.get("masks") else []
+
+
+def manual_annotations():
+    """The manual annotation tables by kind (volumes, dice) for the statistics: those the
+    workflow computes from manual masks, else the configured tables; unset ones left out.
+    """
+    given = config.get("stats", {}).get("manual_annotations") or {}
+    tables = {k: path for k, path in given.items() if k != "masks" and path}
+    if manual_masks():
+        if tables:
+            raise ValueError(
+                "config stats.manual_annotations: give `masks` (the workflow scores them) "
+                f"or the tables {sorted(tables)}, not both"
+            )
+        return {k: MANUAL_AGREEMENT[k] for k in ("volumes", "dice")}
+    return tables
 
 
 def manual_arguments():

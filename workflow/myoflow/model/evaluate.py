@@ -18,13 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import ndimage
 from torch import nn
 
-from myoflow.crop import SIDES
 from myoflow.errors import ParticipantExcluded
-from myoflow.landmarks import HipLandmarks, lps_axes
-from myoflow.metrics import GROUPS, voxel_geometry
+from myoflow.landmarks import HipLandmarks
+from myoflow.metrics import voxel_geometry
 from myoflow.model.registry import crop_spec
 from myoflow.model.samples import (
     TrainingPair,
@@ -32,8 +30,8 @@ from myoflow.model.samples import (
     read_channels,
     read_label_map,
 )
+from myoflow.overlap import labels_on_grid, score_participant
 from myoflow.stats.agreement import bland_altman, dice_summary
-from myoflow.synth.anatomy import LABELS
 
 Segmenter = Callable[..., Any]
 """``segment_participant(model, config, channels, affine_ras, landmarks, device,
@@ -95,66 +93,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def structures(labels: Sequence[str]) -> dict[str, tuple[str, str, tuple[str, ...]]]:
-    """Structures to score: name -> (kind, name, muscles); groups only when complete."""
-    out = {m: ("muscle", m, (m,)) for m in labels}
-    for group, muscles in GROUPS.items():
-        if all(m in labels for m in muscles):
-            out[group] = ("group", group, muscles)
-    return out
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; NaN when both are empty."""
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return float("nan") if total == 0 else 2.0 * np.count_nonzero(a & b) / total
-
-
-def score_participant(
-    participant_id: str,
-    predicted: np.ndarray,
-    truth: np.ndarray,
-    labels: Sequence[str],
-    voxel_volume_ml: float,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Dice rows and volume rows of one participant (both label maps on one grid)."""
-    dice_rows, volume_rows = [], []
-    for kind, name, muscles in structures(labels).values():
-        for side in SIDES:
-            values = [LABELS[f"{m}_{side}"] for m in muscles]
-            p, t = np.isin(predicted, values), np.isin(truth, values)
-            key = {"participant_id": participant_id, "side": side, "structure": name, "kind": kind}
-            dice_rows.append(key | {"dice": dice(p, t)})
-            volume_rows.append(
-                key
-                | {
-                    "predicted_ml": np.count_nonzero(p) * voxel_volume_ml,
-                    "truth_ml": np.count_nonzero(t) * voxel_volume_ml,
-                }
-            )
-    return dice_rows, volume_rows
-
-
-def labels_on_grid(
-    label_map: np.ndarray, label_affine: np.ndarray, shape: Sequence[int], affine: np.ndarray
-) -> np.ndarray:
-    """``label_map`` on the grid (``shape``, ``affine``), nearest neighbour, 0 outside."""
-    if tuple(label_map.shape) == tuple(shape) and np.allclose(label_affine, affine, atol=1e-4):
-        return label_map
-    _, source = lps_axes(label_affine)
-    _, target = lps_axes(affine)
-    transform = np.linalg.inv(source) @ target
-    return ndimage.affine_transform(
-        label_map,
-        transform[:3, :3],
-        transform[:3, 3],
-        output_shape=tuple(shape),
-        order=0,
-        mode="grid-constant",
-        cval=0,
-    )
 
 
 def agreement_table(volumes: pd.DataFrame) -> pd.DataFrame:

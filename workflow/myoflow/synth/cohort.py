@@ -11,6 +11,8 @@ Layout of ``OUT``:
 - ``manifest.json``: parameters, geometry, labels and the planted population effects.
 - ``dicom/{participant}/S{series:03d}/IM_{slice:04d}.dcm`` (or ``dicom/{participant}.zip``).
 - ``truth/{participant}/labels.nii.gz``: ground-truth labels on the stitched grid.
+- ``manual_masks.tsv``: participant_id and labels (``truth/{participant}/labels.nii.gz``),
+  the sheet of manual annotations the workflow can score its masks against.
 """
 
 from __future__ import annotations
@@ -411,6 +413,13 @@ def generate_cohort(spec: CohortSpec) -> pd.DataFrame:
             }
         )
         write_tsv(spec.out / "participants.tsv", sheet)
+        # The truth label maps stand in for manual annotations (config
+        # stats.manual_annotations.masks): the workflow scores its masks against them.
+        masks = [f"truth/{p}/labels.nii.gz" for p in table["participant_id"]]
+        write_tsv(
+            spec.out / "manual_masks.tsv",
+            pd.DataFrame({"participant_id": table["participant_id"], "labels": masks}),
+        )
         if cases:
             write_tsv(spec.out / "participants_unsafe.tsv", corrupt.unsafe_sheet(sheet))
     delivered = table[list(phenotypes.PHENOTYPE_COLUMNS)].copy()
