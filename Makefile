@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 ## demo: make a small synthetic cohort and run the workflow on it
 demo: setup
 	$(BIN)/myoflow synth --out data/demo --participants 6 --protocol ukbb --seed 1 --size small
-	$(BIN)/snakemake --profile config/profiles/local
+	$(BIN)/snakemake --profile config/profiles/local --configfile config/demo.yaml
 
 ## lint: ruff, snakefmt and snakemake --lint (on the example participant sheet)
 lint: setup
