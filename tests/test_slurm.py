@@ -33,6 +33,8 @@ LOCAL_VALUES = {
     ("default-resources", "slurm_account"): "myoflow-ci",
     ("set-resources", "segment_shard", "slurm_partition"): "gpu",
     ("set-resources", "segment_shard", "gpu_model"): "fake",
+    ("set-resources", "train", "slurm_partition"): "gpu",
+    ("set-resources", "train", "gpu_model"): "fake",
 }
 """What a user edits in the profile (its header lists exactly these), for the test cluster."""
 
