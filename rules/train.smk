@@ -1,5 +1,6 @@
 # Training workflow: `snakemake train` trains a segmentation model on config training.pairs
-# (not part of `rule all`). The logic lives in myoflow.model.train; see config/config.yaml.
+# (not part of `rule all`). The logic lives in myoflow.model.training_run; see
+# config/config.yaml.
 
 TRAINING = config["training"]
 

@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     """Train, evaluate on the held-out participants and write the model."""
     from myoflow.model.augment import AugmentSettings
     from myoflow.model.samples import read_pairs
-    from myoflow.model.train import SplitSettings, TrainSettings, run_training
+    from myoflow.model.train import TrainSettings
+    from myoflow.model.training_run import SplitSettings, run_training
 
     config = model_config(args)
     try:
