@@ -20,7 +20,8 @@ import time
 import numpy as np
 
 from myoflow.crop import GLUTEUS_CROP, ILIOPSOAS_CROP, CropSpec, crop_geometry
-from myoflow.landmarks import LandmarkError, detect_hips
+from myoflow.hip_detection import detect_hips
+from myoflow.landmarks import LandmarkError
 from myoflow.synth.anatomy import LABELS
 from myoflow.synth.geometry import protocol
 from myoflow.synth.phenotypes import sample_cohort

@@ -6,18 +6,15 @@ import numpy as np
 import pytest
 
 from myoflow.errors import MyoflowError, ParticipantExcluded
-from myoflow.landmarks import (
-    EXCLUSION_REASONS,
-    HipLandmarks,
-    LandmarkError,
+from myoflow.hip_detection import (
     detect_hips,
     fibonacci_directions,
     fit_head,
     fit_sphere,
     local_contrast,
-    lps_axes,
     robust_sphere,
 )
+from myoflow.landmarks import EXCLUSION_REASONS, HipLandmarks, LandmarkError, lps_axes
 from myoflow.synth.geometry import Grid, protocol
 from myoflow.synth.phenotypes import sample_cohort
 from myoflow.synth.render import render_participant

@@ -2,7 +2,7 @@
 
 For each participant of the shard that the conversion left ``ok``, reads
 ``{participants_dir}/{participant}/dixon/water.nii.gz`` and ``fat.nii.gz``, finds the
-femoral head centres (:func:`myoflow.landmarks.detect_hips`) and writes
+femoral head centres (:func:`myoflow.hip_detection.detect_hips`) and writes
 ``{participant}/landmarks.json`` (:func:`myoflow.landmarks.write_landmarks`). A
 participant whose hips are not found or not plausible, or whose Dixon files cannot be
 read, gets ``exclusion.json`` with stage ``landmarks`` and a reason from
@@ -26,8 +26,9 @@ import pandas as pd
 
 from myoflow.errors import MyoflowError, ParticipantExcluded
 from myoflow.exclusions import clear_exclusion, write_exclusion
+from myoflow.hip_detection import detect_hips
 from myoflow.landmarks import EXCLUSION_REASONS as LANDMARK_REASONS
-from myoflow.landmarks import SIDES, HipLandmarks, detect_hips, read_landmarks, write_landmarks
+from myoflow.landmarks import SIDES, HipLandmarks, read_landmarks, write_landmarks
 from myoflow.participant_files import ParticipantFiles
 from myoflow.participant_files import read_channels as read_participant_channels
 

@@ -8,7 +8,7 @@ image_dir          folder with ``water.nii.gz``, ``fat.nii.gz``, ``in.nii.gz``,
                    ``opp.nii.gz`` (e.g. ``results/participants/P1/dixon``)
 labels             label NIfTI on the images' grid (or any grid in the same orientation)
 landmarks          optional ``landmarks.json`` (:func:`myoflow.landmarks.write_landmarks`);
-                   empty: the hips are detected with :func:`myoflow.landmarks.detect_hips`
+                   empty: the hips are detected with :func:`myoflow.hip_detection.detect_hips`
 =================  ==================================================================
 
 Relative paths are relative to the TSV's own folder. Label values are those of
@@ -51,8 +51,9 @@ from scipy import ndimage
 
 from myoflow.crop import SIDES, CropGeometry, CropSpec, crop_side, to_crop
 from myoflow.errors import MyoflowError, ParticipantExcluded
+from myoflow.hip_detection import detect_hips
 from myoflow.io import atomic_path, read_tsv
-from myoflow.landmarks import HipLandmarks, detect_hips, lps_axes, read_landmarks
+from myoflow.landmarks import HipLandmarks, lps_axes, read_landmarks
 from myoflow.metrics import MUSCLES
 from myoflow.model.card import sha256_file
 from myoflow.synth.anatomy import LABELS

@@ -1,0 +1,505 @@
+"""Detecting the hip joint centres (femoral head centres) on a stitched DIXON volume.
+
+The femoral head is the largest round ball of fatty marrow in the body: walled by a
+thin cortex, in muscle, one each side at about the same height. Detection works on the
+in-phase signal ``water + fat``, which a fat-water swap (of a whole station, part of
+one, or blended across a station overlap) leaves unchanged:
+
+1. **Contrast** (:func:`local_contrast`): the signal over its local mean in the soft
+   tissue under the skin fat, which removes the coil bias. Marrow is ~1.45, fat ~1.6,
+   muscle 1, organs ~0.85; marrow is bright tissue not continuous with the skin fat.
+2. **Candidates**: the local maxima of a scale-normalised Laplacian of Gaussian that
+   responds to head-sized balls of marrow.
+3. **Sphere fit** (:func:`fit_head`): from each candidate, rays find where marrow gives
+   way to cortex and muscle for good (a dark line that marrow resumes after, such as a
+   physeal scar or the neck's cortex, is crossed; rays running down the neck find no
+   edge), and a sphere is fitted to those edges with Tukey weights, recasting from the
+   new centre. :func:`head_score` rates the share of rays on the sphere, its size and
+   its residual: the heads are the large, round, sharp-edged balls.
+4. **Pair** (:func:`best_pair`): the best-scoring two heads side by side at about the
+   same height, then the strict anatomical checks of :class:`Plausibility`.
+
+Positions are returned in LPS mm (DICOM patient coordinates, as the synthetic truth
+stores them; RAS on request). A participant without two heads side by side raises
+:class:`LandmarkError` (a :class:`~myoflow.errors.ParticipantExcluded`) with reason
+``landmarks_not_found``; a pair that breaks the anatomical checks, with
+``landmarks_implausible``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from myoflow.landmarks import SIDES, HipLandmarks, LandmarkError, lps_axes
+
+WORKING_SPACING_MM = (4.0, 4.0, 6.0)
+"""Detection runs on the stitched grid block-averaged to about this spacing; the sphere
+fit samples the stitched grid itself."""
+LOCAL_MEAN_SIGMA_MM = 25.0
+SKIN_DEPTH_MM = 8.0
+"""Marrow is only looked for this far inside the skin (in-plane)."""
+SKIN_FAT_REACH_MM = 25.0
+"""How far in 3D fat still counts as continuous with the subcutaneous fat (skin folds)."""
+DARK_CONTRAST = 0.5
+FAT_CONTRAST_FIRST_PASS = 1.1
+"""Fat against the plain local mean of the body: ~1.2 in an obese thigh, ~1.5 at a hip."""
+MARROW_CONTRAST = 1.2
+"""Contrast above which tissue is marrow (or fat); also the edge level of the sphere fit."""
+BALL_CAP = 1.4
+HEAD_RADII_MM = (20.0,)
+"""Ball radii the candidate filter is tuned to (adult femoral heads: ~20-27 mm to the
+cortex); one scale suffices, since every local maximum is fitted."""
+MAX_CANDIDATES = 300
+RAY_COUNT = 256
+RAY_STEP_MM = 0.5
+RAY_RADII_MM = (6.0, 40.0)
+"""Edges closer to or further from the centre than this are not the head's surface."""
+EDGE_GAP_MM = 5.0
+"""After the head's edge the contrast stays below the marrow level for at least this long."""
+FIT_TOLERANCE_MM = 3.0
+SHARPNESS_MM = 1.5
+"""Residual (rms, mm) at which a fit's sharpness factor is 1/e: a head's marrow ends at a
+cortex (rms ~1 mm at 4.5 mm voxels), fat and other marrow fade out (~1.6 mm)."""
+HEAD_MIN_RADIUS_MM = 18.0
+"""Balls smaller than this (compartments of the shaft or trochanters) score less."""
+MIN_HEAD_SCORE = 0.3
+"""On 80 synthetic participants (small size, bias and noise), femoral heads scored
+0.34-0.60 (:func:`head_score`) and every other ball of marrow at most 0.26; to be
+checked again on real images."""
+SCREEN_RAYS = 64
+SCREEN_SCORE = 0.15
+
+
+@dataclass(frozen=True)
+class Plausibility:
+    """What a pair of hip joint centres must satisfy (adult anatomy, supine, in mm)."""
+
+    inter_hip_mm: tuple[float, float] = (120.0, 260.0)
+    max_height_difference_mm: float = 30.0
+    max_depth_difference_mm: float = 40.0
+    head_radius_mm: tuple[float, float] = (12.0, 34.0)
+    min_edge_fraction: float = 0.35
+    """Fewest of the cast rays that must end on the head's surface (inliers of the fit)."""
+
+
+# ---------------------------------------------------------------------------- detection
+
+
+def block_mean(volume: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Average non-overlapping blocks of ``factors`` voxels (trailing partial blocks dropped)."""
+    shape = [n // f for n, f in zip(volume.shape, factors, strict=True)]
+    trimmed = volume[: shape[0] * factors[0], : shape[1] * factors[1], : shape[2] * factors[2]]
+    blocks = trimmed.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2])
+    return blocks.mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def fibonacci_directions(count: int) -> np.ndarray:
+    """``count`` unit vectors spread evenly over the sphere, shape (count, 3)."""
+    n = np.arange(count) + 0.5
+    polar = np.arccos(1.0 - 2.0 * n / count)
+    azimuth = np.pi * (1.0 + 5.0**0.5) * n
+    return np.stack(
+        [np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)], axis=1
+    )
+
+
+def fit_sphere(points: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Least-squares sphere through ``points`` (N, 3): centre and radius, same units.
+
+    Solves the algebraic form ``|p|^2 = 2 c.p + (r^2 - |c|^2)``, linear in the unknowns,
+    with optional per-point ``weights``.
+    """
+    points = np.asarray(points, dtype=float)
+    if len(points) < 4:
+        raise ValueError(f"a sphere needs at least 4 points, got {len(points)}")
+    root = np.sqrt(np.ones(len(points)) if weights is None else np.asarray(weights, float))
+    design = np.column_stack([2.0 * points, np.ones(len(points))]) * root[:, None]
+    solution, *_ = np.linalg.lstsq(design, (points**2).sum(axis=1) * root, rcond=None)
+    centre = solution[:3]
+    return centre, float(np.sqrt(max(solution[3] + centre @ centre, 0.0)))
+
+
+def robust_sphere(
+    points: np.ndarray,
+    tolerance_mm: float,
+    start_mm: np.ndarray | None = None,
+    iterations: int = 10,
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Sphere fit with Tukey biweights on the radial residual: centre, radius, inlier mask.
+
+    Points further than ``3 * tolerance_mm`` from the sphere get no weight, so a minority
+    of edges from other structures (the femoral neck, a physeal line) does not pull it.
+    The first sphere is centred on ``start_mm`` (its radius the median distance) when
+    given, else the plain least-squares fit, which far outliers can drag anywhere.
+    """
+    if start_mm is None:
+        centre, radius = fit_sphere(points)
+    else:
+        centre = np.asarray(start_mm, dtype=float)
+        radius = float(np.median(np.linalg.norm(points - centre, axis=1)))
+    for _ in range(iterations):
+        residual = np.linalg.norm(points - centre, axis=1) - radius
+        weights = np.clip(1.0 - (residual / (3.0 * tolerance_mm)) ** 2, 0.0, None) ** 2
+        if np.count_nonzero(weights) < 4:
+            break
+        centre, radius = fit_sphere(points, weights)
+    residual = np.linalg.norm(points - centre, axis=1) - radius
+    return centre, radius, np.abs(residual) < tolerance_mm
+
+
+# ---------------------------------------------------------------------------- contrast
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """The in-phase signal on the stitched grid, and on the working grid (blocks of
+    ``factors`` voxels): its local soft-tissue mean, contrast, body, interior and marrow."""
+
+    signal: np.ndarray
+    spacing_mm: np.ndarray
+    factors: tuple[int, int, int]
+    local_mean: np.ndarray
+    contrast: np.ndarray
+    body: np.ndarray
+    interior: np.ndarray
+    marrow: np.ndarray
+
+    @property
+    def work_spacing_mm(self) -> np.ndarray:
+        return self.spacing_mm * np.asarray(self.factors)
+
+    def sample(self, points_mm: np.ndarray) -> np.ndarray:
+        """Contrast at stitched-grid resolution at points (N, 3), in mm from voxel 0."""
+        index = (points_mm / self.spacing_mm).T
+        signal = ndimage.map_coordinates(self.signal, index, order=1, mode="nearest")
+        factors = np.asarray(self.factors, dtype=float)[:, None]
+        work_index = (index - (factors - 1) / 2) / factors
+        mean = ndimage.map_coordinates(self.local_mean, work_index, order=1, mode="nearest")
+        return signal / np.maximum(mean, 1e-6)
+
+    def to_stitched_mm(self, work_index: np.ndarray) -> np.ndarray:
+        """Working-grid voxel index -> mm from stitched voxel 0 (block centres)."""
+        factors = np.asarray(self.factors, dtype=float)
+        return (np.asarray(work_index) * factors + (factors - 1) / 2) * self.spacing_mm
+
+
+def body_mask(signal: np.ndarray) -> np.ndarray:
+    """The body: foreground above a fifth of the bright end of the signal, holes (lungs,
+    gas, cortex) filled slice by slice, largest connected part only."""
+    positive = signal[signal > 0]
+    if positive.size == 0:
+        return np.zeros(signal.shape, dtype=bool)
+    foreground = ndimage.binary_opening(signal > 0.2 * float(np.percentile(positive, 99.0)))
+    for k in range(foreground.shape[2]):
+        foreground[:, :, k] = ndimage.binary_fill_holes(foreground[:, :, k])
+    labels, count = ndimage.label(foreground)
+    if count == 0:
+        return foreground
+    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+
+
+def in_plane_depth_mm(body: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each body voxel to the skin within its axial slice."""
+    depth = np.zeros(body.shape, dtype=np.float32)
+    for k in np.flatnonzero(body.any(axis=(0, 1))):
+        depth[:, :, k] = ndimage.distance_transform_edt(body[:, :, k], sampling=spacing_mm[:2])
+    return depth
+
+
+def weighted_mean(
+    values: np.ndarray, where: np.ndarray, sigma_mm: float, spacing_mm: np.ndarray
+) -> np.ndarray:
+    """Gaussian-weighted local mean of ``values`` over the voxels ``where`` is set.
+
+    The mean is smooth on the scale of ``sigma_mm``, so it is computed on blocks of 2 x 2
+    x 2 voxels and interpolated back (8 times less filtering).
+    """
+    weight = where.astype(np.float32)
+    coarse_sum = block_mean(values * weight, (2, 2, 2))
+    coarse_weight = block_mean(weight, (2, 2, 2))
+    sigma = sigma_mm / (2.0 * np.asarray(spacing_mm))
+    numerator = ndimage.gaussian_filter(coarse_sum, sigma, truncate=3.0)
+    mean = numerator / np.maximum(ndimage.gaussian_filter(coarse_weight, sigma, truncate=3.0), 1e-3)
+    fine = ndimage.zoom(mean, 2, order=1, grid_mode=True, mode="nearest")
+    # Trailing odd voxels were left out of the blocks: repeat the last block for them.
+    return np.pad(fine, [(0, n - m) for n, m in zip(values.shape, fine.shape, strict=True)], "edge")
+
+
+def skin_fat_mask(bright: np.ndarray, interior: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
+    """Bright tissue that is fat reaching in from the skin.
+
+    Fat is subcutaneous when it joins the skin within its axial slice (however thick),
+    or lies within ``SKIN_FAT_REACH_MM`` of such fat in 3D (skin folds look like islands
+    in one slice). Connectivity is not followed further in 3D: somewhere along a body,
+    marrow, visceral and subcutaneous fat all touch.
+    """
+    skin_fat = np.zeros_like(bright)
+    for k in np.flatnonzero(bright.any(axis=(0, 1))):
+        labels, _ = ndimage.label(bright[:, :, k])
+        at_skin = np.unique(labels[bright[:, :, k] & ~interior[:, :, k]])
+        skin_fat[:, :, k] = np.isin(labels, at_skin[at_skin > 0])
+    steps = max(1, int(round(SKIN_FAT_REACH_MM / float(np.min(spacing_mm)))))
+    return ndimage.binary_dilation(skin_fat, iterations=steps, mask=bright)
+
+
+def local_contrast(water: np.ndarray, fat: np.ndarray, spacing_mm: np.ndarray) -> Contrast:
+    """In-phase signal over the local level of the soft tissue under the skin fat.
+
+    Dividing by a local mean removes the smooth coil bias. The mean leaves out the fat
+    under the skin, whose share varies from a lean hip to an obese thigh and would drag
+    marrow below its threshold, and dark tissue (lungs, gas, cortex), which would make
+    its neighbours look bright; both are found against the plain local mean first.
+    """
+    signal = np.asarray(water, dtype=np.float32) + np.asarray(fat, dtype=np.float32)
+    factors = tuple(
+        max(1, int(target / s + 0.01))
+        for target, s in zip(WORKING_SPACING_MM, spacing_mm, strict=True)
+    )
+    work = block_mean(signal, factors)  # type: ignore[arg-type]
+    spacing = spacing_mm * np.asarray(factors)
+    body = body_mask(work)
+    interior = in_plane_depth_mm(body, spacing) >= SKIN_DEPTH_MM
+    first = work / np.maximum(weighted_mean(work, body, LOCAL_MEAN_SIGMA_MM, spacing), 1e-6)
+    fat_layer = skin_fat_mask(body & (first > FAT_CONTRAST_FIRST_PASS), interior, spacing)
+    soft = body & ~fat_layer & (first > DARK_CONTRAST)
+    mean = weighted_mean(work, soft, LOCAL_MEAN_SIGMA_MM, spacing)
+    contrast = np.where(body, work / np.maximum(mean, 1e-6), 0.0).astype(np.float32)
+    bright = (contrast > MARROW_CONTRAST) & body
+    marrow = bright & interior & ~skin_fat_mask(bright, interior, spacing)
+    return Contrast(
+        signal, np.asarray(spacing_mm, float), factors, mean, contrast, body, interior, marrow
+    )  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- heads
+
+
+def bright_ball_response(contrast: Contrast) -> np.ndarray:
+    """Scale-normalised Laplacian-of-Gaussian response to head-sized balls of marrow.
+
+    The contrast is capped at ``BALL_CAP`` (marrow ~1.45, fat brighter) and bright tissue
+    that is not marrow is levelled to muscle, so the response ranks bright regions by
+    shape and size rather than brightness.
+    """
+    capped = np.minimum(contrast.contrast, BALL_CAP)
+    image = np.where(contrast.marrow, capped, np.minimum(capped, 1.0))
+    response = np.full(image.shape, -np.inf, dtype=np.float32)
+    for radius in HEAD_RADII_MM:
+        sigma = radius / np.sqrt(3.0)
+        log = ndimage.gaussian_laplace(image, sigma / contrast.work_spacing_mm, truncate=3.0)
+        response = np.maximum(response, -(sigma**2) * log)
+    return response
+
+
+def head_candidates(contrast: Contrast, response: np.ndarray) -> list[np.ndarray]:
+    """Centres (mm from stitched voxel 0) of the strongest balls of marrow in the body."""
+    from skimage.feature import peak_local_max
+
+    scores = np.where(contrast.marrow, response, 0.0)
+    min_distance = max(1, int(round(10.0 / float(contrast.work_spacing_mm.min()))))
+    peaks = peak_local_max(
+        scores, min_distance, threshold_abs=1e-6, num_peaks=MAX_CANDIDATES, exclude_border=False
+    )
+    return [contrast.to_stitched_mm(p) for p in peaks]
+
+
+def head_edges(contrast: Contrast, centre_mm: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Where rays from ``centre_mm`` leave the marrow for good: (N, 3) mm, NaN where none.
+
+    The edge is the first fall below ``MARROW_CONTRAST`` that stays below for
+    ``EDGE_GAP_MM`` (cortex, then muscle), interpolated between samples; a dark line that
+    marrow resumes after is crossed, and a ray still in marrow at ``RAY_RADII_MM[1]``
+    (down the neck) has no edge.
+    """
+    radii = np.arange(0.0, RAY_RADII_MM[1] + EDGE_GAP_MM + RAY_STEP_MM, RAY_STEP_MM)
+    points = centre_mm[None, None, :] + radii[None, :, None] * directions[:, None, :]
+    values = contrast.sample(points.reshape(-1, 3)).reshape(len(directions), len(radii))
+    above = values >= MARROW_CONTRAST
+    gap = int(round(EDGE_GAP_MM / RAY_STEP_MM))
+    run = np.cumsum(np.pad(~above, ((0, 0), (1, 0))), axis=1)
+    stays_below = (run[:, gap:] - run[:, :-gap]) == gap  # [n, r]: r .. r+gap-1 all below
+    n = stays_below.shape[1]
+    falls = above[:, : n - 1] & stays_below[:, 1:n]
+    falls &= (radii[1:n] >= RAY_RADII_MM[0]) & (radii[1:n] <= RAY_RADII_MM[1])
+    rows = np.flatnonzero(falls.any(axis=1))
+    r0 = np.argmax(falls[rows], axis=1)
+    v0, v1 = values[rows, r0], values[rows, r0 + 1]
+    fraction = np.clip((v0 - MARROW_CONTRAST) / np.maximum(v0 - v1, 1e-6), 0.0, 1.0)
+    edges = np.full((len(directions), 3), np.nan)
+    edges[rows] = centre_mm + (radii[r0] + fraction * RAY_STEP_MM)[:, None] * directions[rows]
+    return edges
+
+
+@dataclass(frozen=True)
+class HeadFit:
+    """A ball's centre (mm from stitched voxel 0), marrow radius and how well it fitted."""
+
+    centre_mm: np.ndarray
+    radius_mm: float
+    inlier_fraction: float
+    rms_mm: float
+
+
+def fit_head(
+    contrast: Contrast, start_mm: np.ndarray, rounds: int = 3, rays: int = RAY_COUNT
+) -> HeadFit | None:
+    """Fit a sphere to the marrow edges around ``start_mm``, recasting from each new centre."""
+    directions = fibonacci_directions(rays)
+    centre = np.asarray(start_mm, dtype=float)
+    fit: HeadFit | None = None
+    for _ in range(rounds):
+        edges = head_edges(contrast, centre, directions)
+        found = edges[np.isfinite(edges[:, 0])]
+        if len(found) < 0.2 * rays:
+            return fit
+        new_centre, radius, inliers = robust_sphere(found, FIT_TOLERANCE_MM, centre)
+        if np.count_nonzero(inliers) < 4:
+            return fit
+        residual = np.linalg.norm(found[inliers] - new_centre, axis=1) - radius
+        fit = HeadFit(
+            new_centre,
+            radius,
+            float(np.count_nonzero(inliers)) / rays,
+            float(np.sqrt(np.mean(residual**2))),
+        )
+        moved = float(np.linalg.norm(new_centre - centre))
+        centre = new_centre
+        if moved < 0.2:
+            break
+    return fit
+
+
+def head_score(fit: HeadFit) -> float:
+    """How much a fitted ball looks like a femoral head, in [0, 1]: the share of rays on
+    the sphere, times a size factor (quadratic below ``HEAD_MIN_RADIUS_MM``), times the
+    sharpness of the fit."""
+    size = min(1.0, fit.radius_mm / HEAD_MIN_RADIUS_MM) ** 2
+    sharpness = np.exp(-((fit.rms_mm / SHARPNESS_MM) ** 2))
+    return float(fit.inlier_fraction * size * sharpness)
+
+
+# ---------------------------------------------------------------------------- detection
+
+
+def find_heads(
+    contrast: Contrast, response: np.ndarray, plausibility: Plausibility
+) -> list[tuple[float, HeadFit]]:
+    """Every ball of marrow that could be a femoral head (score, fit), best first.
+
+    Each candidate is screened with one round of ``SCREEN_RAYS`` rays; only those that
+    could still reach ``MIN_HEAD_SCORE`` get the full fit.
+    """
+    r_low, r_high = plausibility.head_radius_mm
+    screened: list[tuple[float, HeadFit]] = []
+    for start in head_candidates(contrast, response):
+        quick = fit_head(contrast, start, rounds=1, rays=SCREEN_RAYS)
+        if quick is not None and r_low - 3 <= quick.radius_mm <= r_high + 3:
+            if head_score(quick) >= SCREEN_SCORE:
+                screened.append((head_score(quick), quick))
+    heads: list[tuple[float, HeadFit]] = []
+    for _, quick in sorted(screened, key=lambda item: -item[0]):
+        if any(np.linalg.norm(quick.centre_mm - f.centre_mm) < 5.0 for _, f in heads):
+            continue
+        fit = fit_head(contrast, quick.centre_mm)
+        if fit is not None and r_low <= fit.radius_mm <= r_high:
+            score = head_score(fit)
+            distinct = all(np.linalg.norm(fit.centre_mm - f.centre_mm) >= 5.0 for _, f in heads)
+            if score >= MIN_HEAD_SCORE and distinct:
+                heads.append((score, fit))
+    return sorted(heads, key=lambda item: -item[0])
+
+
+def best_pair(
+    heads: list[tuple[float, HeadFit]], plausibility: Plausibility
+) -> tuple[HeadFit, HeadFit]:
+    """The two heads with the highest summed score that are roughly a pair of hips (within
+    twice the height and distance tolerances); (left, right) by their position.
+
+    Raises:
+        LandmarkError: ``landmarks_not_found`` when no two heads make such a pair.
+    """
+    low, high = plausibility.inter_hip_mm
+    best: tuple[float, HeadFit, HeadFit] | None = None
+    for n, (score_a, a) in enumerate(heads):
+        for score_b, b in heads[n + 1 :]:
+            offset = a.centre_mm - b.centre_mm
+            roughly = 0.5 * low <= abs(float(offset[0])) <= 1.5 * high
+            roughly &= abs(float(offset[2])) <= 2.0 * plausibility.max_height_difference_mm
+            if roughly and (best is None or score_a + score_b > best[0]):
+                left, right = (a, b) if offset[0] > 0 else (b, a)  # i runs to the left
+                best = (score_a + score_b, left, right)
+    if best is None:
+        found = "no ball" if not heads else f"{len(heads)} ball{'s' * (len(heads) > 1)}"
+        raise LandmarkError(
+            "landmarks_not_found",
+            f"{found} of marrow shaped like a femoral head; no two side by side at about the"
+            " same height",
+        )
+    return best[1], best[2]
+
+
+def detect_hips(
+    water: np.ndarray,
+    fat: np.ndarray,
+    affine_ras: np.ndarray,
+    plausibility: Plausibility = Plausibility(),
+) -> HipLandmarks:
+    """Find the left and right hip joint centres of one stitched DIXON volume.
+
+    Args:
+        water: stitched water channel, i -> L, j -> P, k -> S.
+        fat: stitched fat channel, same grid.
+        affine_ras: their voxel -> RAS mm affine (as NIfTI stores it).
+        plausibility: what the pair must satisfy.
+
+    Returns:
+        Hip joint centres in LPS mm with a confidence in [0, 1].
+
+    Raises:
+        LandmarkError: ``landmarks_not_found`` when a side has no head-sized ball of
+            marrow or no two heads form a rough pair; ``landmarks_implausible`` when the
+            pair breaks ``plausibility`` (distance, height or depth difference, fit).
+        ValueError: the arrays or affine do not describe one volume in our convention.
+    """
+    water, fat = np.asarray(water), np.asarray(fat)
+    if water.shape != fat.shape or water.ndim != 3:
+        raise ValueError(f"water {water.shape} and fat {fat.shape} must be one 3D shape")
+    spacing, lps = lps_axes(affine_ras)
+    contrast = local_contrast(water, fat, spacing)
+    response = bright_ball_response(contrast)
+    heads = find_heads(contrast, response, plausibility)
+    fits = dict(zip(SIDES, best_pair(heads, plausibility), strict=True))
+    to_lps = lps[:3, :3] / spacing  # mm along the array axes -> LPS mm, before the origin
+    landmarks = HipLandmarks(
+        left_lps_mm=to_lps @ fits["left"].centre_mm + lps[:3, 3],
+        right_lps_mm=to_lps @ fits["right"].centre_mm + lps[:3, 3],
+        confidence=min(head_score(fits[side]) for side in SIDES),
+        head_radius_mm=(fits["left"].radius_mm, fits["right"].radius_mm),
+    )
+    check_plausible(landmarks, fits, plausibility)
+    return landmarks
+
+
+def check_plausible(
+    landmarks: HipLandmarks, fits: dict[str, HeadFit], plausibility: Plausibility
+) -> None:
+    """Raise ``landmarks_implausible`` when the pair breaks adult hip anatomy."""
+    problems = []
+    low, high = plausibility.inter_hip_mm
+    if not low <= landmarks.inter_hip_mm <= high:
+        problems.append(
+            f"hips {landmarks.inter_hip_mm:.0f} mm apart (expected {low:.0f}-{high:.0f})"
+        )
+    offset = np.abs(landmarks.left_lps_mm - landmarks.right_lps_mm)
+    if offset[2] > plausibility.max_height_difference_mm:
+        problems.append(f"heights differ by {offset[2]:.0f} mm")
+    if offset[1] > plausibility.max_depth_difference_mm:
+        problems.append(f"depths differ by {offset[1]:.0f} mm")
+    for side, fit in fits.items():
+        if fit.inlier_fraction < plausibility.min_edge_fraction:
+            problems.append(f"{side} head seen on {fit.inlier_fraction:.0%} of its surface")
+    if problems:
+        raise LandmarkError("landmarks_implausible", "; ".join(problems))
