@@ -31,7 +31,9 @@ rule cohort_participants:
         runtime=30,
     params:
         shard_size=config["shards"]["size"],
-        stats=stats_json(),
+        # Only the stats keys the gather reads: an analysis option reruns the statistics,
+        # not the gather.
+        stats=gather_stats_json(),
     # The command finds the shard tables from the sheet and shard size (thousands of
     # paths would not fit a command line).
     shell:

@@ -72,6 +72,28 @@ def stats_json():
     return json.dumps(config.get("stats", {}), sort_keys=True, separators=(",", ":"))
 
 
+GATHER_STATS_KEYS = (
+    "required_phenotypes",
+    "plausible_ranges",
+    "bmi_tolerance",
+    "required_metrics",
+    "outliers",
+)
+"""The stats keys `myoflow gather` reads (myoflow.cohort.GatherSettings.from_config;
+tests/test_releases.py checks that the two agree)."""
+
+
+def gather_stats_json():
+    """The stats settings the gather reads, as one JSON argument of `myoflow gather`.
+
+    Only these, so that changing an analysis option (a regression, the confidence level)
+    reruns the statistics but not the gather of every shard table (params trigger).
+    """
+    stats = config.get("stats", {})
+    chosen = {key: stats[key] for key in GATHER_STATS_KEYS if key in stats}
+    return json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+
+
 MANUAL_AGREEMENT = {
     "dice": "results/cohort/manual/dice.tsv",
     "volumes": "results/cohort/manual/volumes.tsv",
@@ -112,6 +134,19 @@ def model_card():
     """The segmentation model's card if the configured model folder has one."""
     path = os.path.join(config.get("model", {}).get("dir", ""), "model_card.json")
     return [path] if os.path.exists(path) else []
+
+
+def model_weights_sha256():
+    """The sha256 of the configured model's weights as its card states it ("" without one).
+
+    A param of the segmentation: weights unpacked from an archive or copied with their
+    old mtimes are older than the masks, so the mtime trigger alone would miss them. One
+    small JSON read at parse time (the job itself checks the weights against the card).
+    """
+    for path in model_card():
+        with open(path) as handle:
+            return str(json.load(handle).get("weights_sha256", ""))
+    return ""
 
 
 def training_split(training):

@@ -40,6 +40,9 @@ rule segment_shard:
         shard_size=config["shards"]["size"],
         device=config["model"]["device"],
         batch_size=config["model"]["batch_size"],
+        # Not passed on: new weights rerun every shard even when their files are older
+        # than the masks (rules/common.smk).
+        weights_sha256=model_weights_sha256(),
     shell:
         "myoflow segment --sheet {input.sheet} --shard {wildcards.shard}"
         " --shard-size {params.shard_size} --landmarks {input.landmarks}"

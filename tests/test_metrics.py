@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from myoflow import metrics
-from myoflow.synth import phenotypes, psoas_profile
+from myoflow.synth import phenotypes
 from myoflow.synth.anatomy import LABELS
 from myoflow.synth.cohort import planned_truth
 from myoflow.synth.geometry import protocol
@@ -330,10 +330,10 @@ def participants():
 
 def test_metrics_match_the_synthetic_truth(participants):
     grid, cases = participants
-    # The true mask holds each label's supersampled volume, slice by slice, rounded to
-    # whole voxels (synth.labelmap): issue 5 asks for 1 %; on small grids the worst
-    # measured is 0.2 % (psoas), so 1 % also holds for totals and IMI. The largest slice
-    # is within a voxel of the truth's: 2 % on the small grid.
+    # Issue 5, given the true mask: volumes within 1 % of truth, the psoas maximum CSA
+    # within 2 %, its z within one slice. The true mask holds each label's supersampled
+    # volume, slice by slice, rounded to whole voxels (synth.labelmap). Measured on these
+    # participants: volumes 0.15 % at worst, max CSA 0.9 %, z 0.19 slices.
     slice_mm = grid.spacing_mm[2]
     for row, phantom in cases:
         truth = phenotypes.add_derived(
@@ -354,21 +354,14 @@ def test_metrics_match_the_synthetic_truth(participants):
             assert record[f"vol_{name}_ml"] == pytest.approx(n * grid.voxel_volume_ml)
         for column in ("vol_iliopsoas_total_ml", "imi_ml_m2", "vol_gluteus_total_ml"):
             assert record[column] == pytest.approx(truth[column], rel=0.01)
-        peak_above_hip = (
-            psoas_profile.T_MAX * psoas_profile.PSOAS_LENGTH_MM_AT_170CM
-            - psoas_profile.INSERTION_BELOW_HIP_MM_AT_170CM
-        ) * (row["height_cm"] / 170.0)
+        for column in ("psoas_max_csa_left_cm2", "psoas_max_csa_right_cm2"):
+            assert record[column] == pytest.approx(truth[column], rel=0.02)
+        assert record["psoas_max_csa_total_cm2"] == pytest.approx(
+            truth["psoas_max_csa_total_cm2"], rel=0.02
+        )
         for side in ("left", "right"):
-            csa = truth[f"psoas_max_csa_{side}_cm2"]
-            assert record[f"psoas_max_csa_{side}_cm2"] == pytest.approx(csa, rel=0.02)
-            # The profile is flat at its peak: truth's largest slice may sit 2 slices from
-            # the built-in peak; our vertex lies within one slice of it.
-            z = record[f"psoas_max_csa_z_{side}_above_hip_mm"]
-            assert abs(z - peak_above_hip) <= slice_mm
-            assert (
-                abs(record[f"psoas_max_csa_z_{side}_mm"] - truth[f"psoas_max_csa_z_{side}_mm"])
-                <= 2 * slice_mm
-            )
+            for column in (f"psoas_max_csa_z_{side}_mm", f"psoas_max_csa_z_{side}_above_hip_mm"):
+                assert abs(record[column] - truth[column]) <= slice_mm, column
         # Issue 5 asks for 0.01 on noiseless images; the eroded mask gives 0.0002.
         for muscle in metrics.MUSCLES:
             assert record[f"ff_{muscle}"] == pytest.approx(row[f"ff_{muscle}"], abs=0.002)

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from dicom_helpers import dcm2niix_binary
 from scipy import ndimage
 
+from myoflow import metrics
 from myoflow.synth import phenotypes
 from myoflow.synth.anatomy import LABELS
 from myoflow.synth.cohort import CohortSpec, generate_cohort
@@ -189,24 +190,26 @@ def test_rendered_anatomy_matches_targets(clean_cohort):
         np.testing.assert_allclose(truth[column], targets[column], rtol=0.02, err_msg=column)
 
 
-def test_label_nifti_volumes_agree_with_truth(clean_cohort):
-    """The written labels hold truth.tsv's volumes (issue 5: within 1 %; measured on the
-    small grid: 0.2 % at worst) and its psoas largest cross-section (within a voxel)."""
+def test_label_nifti_metrics_agree_with_truth(clean_cohort):
+    """Issue 5 on the files a user receives: metrics of truth/{p}/labels.nii.gz, as the
+    pipeline reads and measures a mask, hold truth.tsv's volumes within 1 %, its psoas
+    maximum CSA within 2 % and that maximum's z within one slice (bench/metric_accuracy.py
+    measures the same on full-size participants of both protocols)."""
     truth = pd.read_csv(clean_cohort / "truth.tsv", sep="\t").set_index("participant_id")
+    heights = pd.read_csv(clean_cohort / "phenotypes.tsv", sep="\t").set_index("participant_id")
     for pid, row in truth.iterrows():
-        image = nib.load(clean_cohort / "truth" / pid / "labels.nii.gz")
-        labels = np.asarray(image.dataobj)
-        voxel_ml = abs(np.linalg.det(image.affine[:3, :3])) / 1000
-        for name, value in LABELS.items():
-            assert (labels == value).sum() * voxel_ml == pytest.approx(
-                row[f"vol_{name}_ml"], rel=0.01
-            ), (pid, name)
-        area_cm2 = abs(image.affine[0, 0] * image.affine[1, 1]) / 100
+        labels, affine = metrics.read_labels(clean_cohort / "truth" / pid / "labels.nii.gz")
+        record = metrics.participant_metrics(labels, affine, height_cm=heights.at[pid, "height_cm"])
+        volumes = [c for c in truth.columns if c.startswith("vol_")] + ["imi_ml_m2"]
+        assert len(volumes) == len(LABELS) + 7  # 6 side and total group volumes, the IMI
+        for column in volumes:
+            assert record[column] == pytest.approx(row[column], rel=0.01), (pid, column)
+        slice_mm = metrics.voxel_geometry(affine).slab_height_mm
         for side in ("left", "right"):
-            slices = (labels == LABELS[f"psoas_major_{side}"]).sum(axis=(0, 1))
-            assert slices.max() * area_cm2 == pytest.approx(
-                row[f"psoas_max_csa_{side}_cm2"], rel=0.02
-            ), (pid, side)
+            column = f"psoas_max_csa_{side}_cm2"
+            assert record[column] == pytest.approx(row[column], rel=0.02), (pid, column)
+            column = f"psoas_max_csa_z_{side}_mm"
+            assert abs(record[column] - row[column]) <= slice_mm, (pid, column)
 
 
 def test_threshold_baseline_cannot_segment_psoas(clean_cohort):
@@ -329,7 +332,7 @@ def test_truth_only_cohort_recovers_planted_effects(tmp_path):
 
 
 def test_truth_only_agrees_with_rendered_truth(clean_cohort):
-    """--truth-only predicts what rendering measures: hips exactly, CSA height within a slice."""
+    """--truth-only predicts what rendering builds: hips and the psoas CSA peak's height."""
     from myoflow.synth.cohort import planned_truth
 
     rendered = pd.read_csv(clean_cohort / "truth.tsv", sep="\t")
@@ -337,7 +340,7 @@ def test_truth_only_agrees_with_rendered_truth(clean_cohort):
     planned = planned_truth(table, [{"artefacts": "none"}] * 2)
     hips = [f"hip_{s}_{a}_mm" for s in ("left", "right") for a in "xyz"]
     np.testing.assert_allclose(rendered[hips], planned[hips], atol=1e-3)
-    slice_mm = protocol("ukbb", "small").grid.spacing_mm[2]
-    for side in ("left", "right"):
-        column = f"psoas_max_csa_z_{side}_above_hip_mm"
-        assert np.all(np.abs(rendered[column] - planned[column]) <= 1.5 * slice_mm), column
+    peaks = [
+        f"psoas_max_csa_z_{s}_{end}" for s in ("left", "right") for end in ("mm", "above_hip_mm")
+    ]
+    np.testing.assert_allclose(rendered[peaks], planned[peaks], atol=1e-3)

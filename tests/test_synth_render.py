@@ -3,16 +3,19 @@ partial volumes, and one full-size participant against its supersampled truth.""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from myoflow import metrics
-from myoflow.synth import labelmap, phenotypes
+from myoflow.synth import labelmap, phenotypes, psoas_profile
 from myoflow.synth.anatomy import LABELS
 from myoflow.synth.geometry import protocol
-from myoflow.synth.render import SUPERSAMPLE, render_participant
+from myoflow.synth.render import SUPERSAMPLE, psoas_peak_z_mm, render_participant
 from myoflow.synth.rng import participant_rng
+from myoflow.synth.shapes import EllipseStack
 
 F = 2  # supersamples per voxel along each axis, as the renderer
 CONNECTED_26 = np.ones((3, 3, 3), dtype=bool)
@@ -164,6 +167,9 @@ def test_full_grid_label_map_holds_the_truth_volumes(full_size):
 
 
 def test_full_grid_psoas_peak_matches_the_truth(full_size):
+    """Issue 5 on the true mask: the largest slice within 2 % of the truth's largest
+    (exact, supersampled) slice, and the peak's height within one slice of where the
+    anatomy puts it (the truth's z, see render.psoas_peak_z_mm)."""
     grid, phantom = full_size
     z = grid.axis_mm(2)
     area_cm2 = grid.spacing_mm[0] * grid.spacing_mm[1] / 100.0
@@ -173,8 +179,44 @@ def test_full_grid_psoas_peak_matches_the_truth(full_size):
         truth_csa = phantom.slice_ml[value] / (grid.spacing_mm[2] / 10.0)
         assert truth_csa.max() == pytest.approx(phantom.truth[f"psoas_max_csa_{side}_cm2"])
         assert csa.max() == pytest.approx(truth_csa.max(), rel=0.02)
-        # truth.tsv's z is the largest slice, which a flat peak moves by a slice or two;
-        # the peak's vertex (as metrics measures it) is stable to compare.
-        rows = truth_csa > 0
-        truth_peak = metrics.peak_z(z[rows], truth_csa[rows])
-        assert abs(metrics.peak_z(z[rows], csa[rows]) - truth_peak) <= grid.spacing_mm[2]
+        rows = csa > 0
+        z_peak = phantom.truth[f"psoas_max_csa_z_{side}_mm"]
+        # Measured on 20 full-size participants (bench/metric_accuracy.py): the vertex lies
+        # 0.2-0.3 slices below the built peak (the profile is skewed); the mask's largest
+        # slice alone sits up to 2 slices away from it.
+        assert abs(metrics.peak_z(z[rows], csa[rows]) - z_peak) <= grid.spacing_mm[2]
+
+
+def test_truth_z_is_where_the_anatomy_builds_the_psoas_peak(full_size):
+    grid, phantom = full_size
+    row = phenotypes.sample_cohort(21, 1, "ukbb").iloc[0]
+    above_hip_at_170cm = (
+        psoas_profile.T_MAX * psoas_profile.PSOAS_LENGTH_MM_AT_170CM
+        - psoas_profile.INSERTION_BELOW_HIP_MM_AT_170CM
+    )
+    for side in ("left", "right"):
+        hip_z = phantom.frame.hip(side)[2]
+        z_peak = phantom.truth[f"psoas_max_csa_z_{side}_mm"]
+        assert z_peak == pytest.approx(hip_z + above_hip_at_170cm * row["height_cm"] / 170.0)
+        assert phantom.truth[f"psoas_max_csa_z_{side}_above_hip_mm"] == pytest.approx(
+            z_peak - hip_z
+        )
+        # Off the slice centres: not the largest slice's z.
+        assert np.abs(grid.axis_mm(2) - z_peak).min() > 1e-6
+
+
+def test_psoas_peak_needs_both_sides():
+    lone = EllipseStack(
+        "psoas_major_left",
+        "psoas_major_left",
+        np.array([0.0, 10.0, 20.0, 30.0]),
+        *np.zeros((2, 4)),
+        np.array([1.0, 3.0, 2.0, 1.0]),
+        np.array([1.0, 2.0, 2.5, 1.0]),
+        np.zeros(4),
+    )
+    right = replace(lone, name="psoas_major_right", tissue="psoas_major_right")
+    # Semi-axes peak at different nodes: the area (their product) peaks at z = 10.
+    assert psoas_peak_z_mm([lone, right]) == {"left": 10.0, "right": 10.0}
+    with pytest.raises(ValueError, match="sides \\['left'\\]"):
+        psoas_peak_z_mm([lone])

@@ -8,6 +8,7 @@ never leaves a truncated NIfTI, TSV or JSON where a later stage would trust it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -42,11 +43,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     format from the name still work.
     """
     final = Path(path)
+    prefix, suffix = f".{final.name}.", "".join(final.suffixes)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            dir=final.parent, prefix=f".{final.name}.", suffix="".join(final.suffixes)
-        )
+        # A write killed (SIGKILL, node lost) before its rename leaves its temporary; the
+        # rerun that rewrites the target removes it. Each target has one writer (one job
+        # owns each file), so no other live write can own a temporary of this name.
+        for stale in final.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+            stale.unlink(missing_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=prefix, suffix=suffix)
         os.close(fd)
     except OSError as err:
         raise OutputError(f"cannot write {final}: {err.strerror or err}") from err

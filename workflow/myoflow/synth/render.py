@@ -6,11 +6,17 @@ voxel), so tissue fractions at every voxel edge are exact partial volumes and th
 layer fills what no shape covers. The label map holds, per label and slice, the truth's
 volume rounded to whole voxels (:mod:`myoflow.synth.labelmap`), so metrics of the true
 mask reproduce the truth's volumes and cross-sectional areas.
+
+The height of the psoas' largest cross-section is the built shape's: where its
+continuous CSA profile peaks (:func:`psoas_peak_z_mm`), not the largest slice. The
+profile is so flat there that sub-voxel differences move the largest slice: that of the
+true mask sits up to 2 slices from the peak (20 full-size participants, measured), so a
+measurement is judged against where the peak is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,7 +25,7 @@ from myoflow.synth import atlas, labelmap
 from myoflow.synth.anatomy import LABELS, BodyFrame, build_shapes, posterior_skin
 from myoflow.synth.body import body_layer, inside_distance_mm, sat_profile_mm
 from myoflow.synth.geometry import Grid
-from myoflow.synth.shapes import block_mean, render_chunks
+from myoflow.synth.shapes import EllipseStack, block_mean, render_chunks
 from myoflow.synth.tissues import water_fat
 
 SUPERSAMPLE = 2
@@ -98,28 +104,52 @@ def render_participant(
         fat[:, :, part] = block_mean(signal[chunk.labels, 1], f) + (1 - covered) * fat[:, :, part]
         label_map.add(label_of_shape[chunk.labels], chunk.k0)
     labels, sample_counts = label_map.finish()  # samples per label and slice
-    truth = measure_truth(sample_counts, grid, f, frame)
+    truth = measure_truth(sample_counts, grid, f, frame, psoas_peak_z_mm(shapes))
     slice_ml = sample_counts * (grid.voxel_volume_ml / f**3)
     return Phantom(water, fat, labels, truth, frame, slice_ml)
 
 
+def psoas_peak_z_mm(shapes: Sequence[EllipseStack]) -> dict[str, float]:
+    """Height (patient z, mm) at which each psoas major's cross-section is largest, per side.
+
+    The shape's semi-axes are interpolated linearly between its nodes and both peak at
+    the same node, so the largest node is the continuous maximum (the profile's
+    ``T_MAX``, as ``planned_truth`` predicts it).
+
+    Raises:
+        ValueError: if ``shapes`` lacks the psoas major of a side.
+    """
+    peaks = {}
+    for shape in shapes:
+        if shape.name in ("psoas_major_left", "psoas_major_right"):
+            area = shape.a_mm * shape.b_mm
+            peaks[shape.name.rsplit("_", 1)[1]] = float(shape.z_mm[int(np.argmax(area))])
+    if set(peaks) != {"left", "right"}:
+        raise ValueError(f"shapes hold the psoas major of sides {sorted(peaks)}, not both")
+    return peaks
+
+
 def measure_truth(
-    sample_counts: np.ndarray, grid: Grid, factor: int, frame: BodyFrame
+    sample_counts: np.ndarray,
+    grid: Grid,
+    factor: int,
+    frame: BodyFrame,
+    psoas_peak_z: Mapping[str, float],
 ) -> dict[str, float]:
-    """Volumes (ml), psoas maximum CSA (cm2) and its height, from supersample counts."""
+    """Volumes (ml) and psoas maximum CSA (cm2) from supersample counts; the CSA peak's
+    height from ``psoas_peak_z`` (mm, per side, see :func:`psoas_peak_z_mm`)."""
     sample_ml = grid.voxel_volume_ml / factor**3
     sample_area_cm2 = grid.spacing_mm[0] * grid.spacing_mm[1] / factor**2 / 100
     truth: dict[str, float] = {}
     for name, value in LABELS.items():
         truth[f"vol_{name}_ml"] = float(sample_counts[value].sum() * sample_ml)
-    z = grid.axis_mm(2)
     for side in ("left", "right"):
         # Each slice holds `factor` sub-planes; its CSA is their mean area.
         csa = sample_counts[LABELS[f"psoas_major_{side}"]] * sample_area_cm2 / factor
-        k_max = int(np.argmax(csa))
-        truth[f"psoas_max_csa_{side}_cm2"] = float(csa[k_max])
-        truth[f"psoas_max_csa_z_{side}_mm"] = float(z[k_max])
-        truth[f"psoas_max_csa_z_{side}_above_hip_mm"] = float(z[k_max] - frame.hip(side)[2])
+        truth[f"psoas_max_csa_{side}_cm2"] = float(csa.max())
+        z_peak = float(psoas_peak_z[side])
+        truth[f"psoas_max_csa_z_{side}_mm"] = z_peak
+        truth[f"psoas_max_csa_z_{side}_above_hip_mm"] = z_peak - float(frame.hip(side)[2])
     for side, hip in (("left", frame.hip_left), ("right", frame.hip_right)):
         for axis, value in zip("xyz", hip, strict=True):
             truth[f"hip_{side}_{axis}_mm"] = float(value)
