@@ -7,13 +7,28 @@ two fix each voxel's signals up to the swap: the larger is (in + opp) / 2, the s
 (in - opp) / 2. What tells which is which is brightness: on these T1-weighted gradient
 echoes fat-dominant tissue (subcutaneous and visceral fat, ~1000 in the synthetic model)
 is brighter in-phase than water-dominant tissue (muscle, organs, ~500-620). So for every
-tissue voxel whose signal is dominated by one of the two (opp > ``dominance`` x in, i.e.
-fat fraction under 0.3 or over 0.7) the channels labelled water and fat are consistent
-if the brighter voxels are labelled fat-dominant and the darker ones water-dominant, and
-contradict the labels otherwise. Partial-volume voxels are left out: the ``skin_voxels``
-outermost layers of the body and any voxel darker than ``local_fraction`` x the
-brightest within two voxels in-plane (fat dimmed by air in skin folds, muscle at the
-edge of fat), whose brightness says nothing about their tissue.
+tissue voxel whose signal is dominated by one of the two (fat fraction under 0.3 or over
+0.7: opp > ``dominance`` x in, and |W - F| > ``dominance`` x (W + F), which agree unless
+the channels were resampled, see below) the channels labelled water and fat are
+consistent if the brighter voxels are labelled fat-dominant and the darker ones
+water-dominant, and contradict the labels otherwise. Partial-volume voxels are left out:
+those within ``skin_mm`` of the body outline in-plane and any voxel darker than
+``local_fraction`` x the brightest within ``local_mm`` in-plane and ``local_z_mm``
+through-plane (fat dimmed by air in skin folds, muscle at the edge of fat, marrow
+dimmed by the lung in the slice above or below), whose brightness says nothing about
+their tissue.
+
+``myoflow convert`` resamples the stations onto one grid (2.23 x 2.23 x 3 mm by default)
+by trilinear interpolation, and a coarser acquisition (4.46 x 4.46 x 6 mm for small
+synthetic participants) is upsampled twofold. That does two things partial volume
+detection must allow for. Each partial-volume voxel is spread over its neighbours, so
+the widths above are in mm, as far as the acquired voxels reach, not in voxels of the
+grid (in grid voxels, the bands left out were half as deep as the partial volume around
+skin folds and thin fat). And the opposed phase is a magnitude, |W - F|, interpolated as
+such: halfway between fat and muscle it reads ~0.8 x in-phase while W ~ F, so a
+fat-muscle boundary looked water- or fat-dominant at the brightness of neither. Both
+made contradicting shells of 5-30 ml in clean participants, past ``min_region_ml``
+(bench/swaps.py: the numbers before and after).
 
 The bright (fat) and dark (water) levels are the participant's own: per station the
 median in-phase of the dominant voxels labelled fat and of those labelled water, the
@@ -63,15 +78,25 @@ class SwapError(MyoflowError):
 
 @dataclass(frozen=True)
 class SwapSettings:
-    """Thresholds of :func:`detect_swaps` (defaults tuned on synthetic participants)."""
+    """Thresholds of :func:`detect_swaps` (defaults tuned on synthetic participants).
 
-    dominance: float = 0.4  # opp / in above this: one of water and fat dominates the voxel
+    Widths are in mm, not voxels of the stitched grid: partial volume reaches as far as the
+    acquisition's voxels (and the interpolation that resamples them onto the grid)
+    spread it, whatever grid the stations were stitched onto. The defaults cover two
+    voxels in-plane and one slice through-plane of the coarsest acquisition taken here
+    (4.46 x 4.46 x 6 mm, the small synthetic protocol), i.e. the partial-volume voxel and
+    the neighbour that trilinear upsampling mixes it into.
+    """
+
+    dominance: float = 0.4  # opp / in and |W - F| / (W + F) above this: W or F dominates
     body_fraction: float = 0.4  # tissue: in-phase above this x the station's 99th percentile
     margin: float = 1.1  # brightness must miss the fat/water midpoint by this factor
-    local_fraction: float = 0.7  # darker than this x the brightest voxel within 2: edge, left out
+    local_fraction: float = 0.7  # darker than this x the brightest nearby: edge, left out
+    local_mm: float = 9.0  # "nearby" in-plane: within this distance along i and j
+    local_z_mm: float = 6.0  # "nearby" through-plane: within this distance along k
     whole_fraction: float = 0.5  # share of dominant voxels labelled wrong: whole-station swap
     min_region_ml: float = 5.0  # smallest connected contradicting region: partial swap
-    skin_voxels: int = 2  # in-plane layers under the body outline left out (air partial volume)
+    skin_mm: float = 9.0  # in-plane depth under the body outline left out (air partial volume)
     min_class_ml: float = 20.0  # volume of each label a station needs to give levels
     min_contrast: float = 1.2  # a station whose label medians differ less gives no levels
     fallback_ratio: float = 1.6  # fat / water level assumed when no station gives levels
@@ -184,10 +209,14 @@ def detect_swaps(
     if any(np.shape(a) != shape for a in channels.values()) or len(shape) != 3:
         shapes = ", ".join(f"{n} {np.shape(a)}" for n, a in channels.items())
         raise SwapError(f"channels must be 3-D arrays of one shape, got {shapes}")
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
+    linear = np.asarray(affine, dtype=float)[:3, :3]
+    geometry = _Geometry(
+        voxel_ml=abs(float(np.linalg.det(linear))) / 1000.0,
+        spacing_kji_mm=tuple(float(v) for v in np.linalg.norm(linear, axis=0)[::-1]),
+    )
     slices_first = [_slices_first(a) for a in (water, fat, in_phase, opposed)]
     own = own_slices(stations, shape[2])
-    parts = [_station_voxels(*slices_first, k, settings, voxel_ml) for k in own]
+    parts = [_station_voxels(*slices_first, k, settings, geometry) for k in own]
     station_levels = [_station_levels(part, settings) for part in parts]
     levels = _participant_levels(station_levels, parts, settings)
     decisions = []
@@ -212,6 +241,18 @@ def _undetermined(number: int, station: tuple[int, int], reason: str) -> SwapDec
 
 
 @dataclass(frozen=True)
+class _Geometry:
+    """Voxel size of the stitched grid."""
+
+    voxel_ml: float
+    spacing_kji_mm: tuple[float, float, float]  # along k (slices), j and i
+
+    def voxels(self, mm: float, axis: int) -> int:
+        """Whole voxels along ``axis`` (0: k, 1: j, 2: i) nearest to ``mm``."""
+        return round(mm / self.spacing_kji_mm[axis])
+
+
+@dataclass(frozen=True)
 class _StationVoxels:
     """A station's own slices, indexed (k, j, i) with k counted within them."""
 
@@ -222,7 +263,7 @@ class _StationVoxels:
     voxel_ml: float
 
 
-def _station_voxels(water, fat, in_phase, opposed, k, settings, voxel_ml) -> _StationVoxels:
+def _station_voxels(water, fat, in_phase, opposed, k, settings, geometry) -> _StationVoxels:
     """Tissue and dominant voxels of the slices ``k``; channels indexed (k, j, i)."""
     contiguous = k.size and k[-1] - k[0] + 1 == k.size
     pick = slice(int(k[0]), int(k[-1]) + 1) if contiguous else k
@@ -230,13 +271,38 @@ def _station_voxels(water, fat, in_phase, opposed, k, settings, voxel_ml) -> _St
     top = float(np.percentile(i, 99)) if i.size else 0.0
     # Tissue away from the skin: partial volume with air makes the outer voxels dim, and in
     # lean participants the thin subcutaneous fat is nothing but such voxels.
-    inside = erode_in_plane(i > 0.5 * settings.body_fraction * top, settings.skin_voxels)
+    skin = (geometry.voxels(settings.skin_mm, 1) + geometry.voxels(settings.skin_mm, 2)) // 2
+    inside = erode_in_plane(i > 0.5 * settings.body_fraction * top, skin)
     body = inside & (i > settings.body_fraction * top)
     # Voxels much darker than their surroundings are partial volume (fat dimmed by air in
-    # skin folds, muscle at the edge of fat): leave them out of levels and judgement.
-    peak = max_in_plane(i, radius=2)
-    dominant = body & (o > settings.dominance * i) & (i >= settings.local_fraction * peak)
-    return _StationVoxels(i, dominant & (f > w), dominant & (w > f), body, voxel_ml)
+    # skin folds, muscle at the edge of fat, marrow dimmed by the lung a slice away): leave
+    # them out of levels and judgement.
+    radii = (
+        geometry.voxels(settings.local_z_mm, 0),
+        geometry.voxels(settings.local_mm, 1),
+        geometry.voxels(settings.local_mm, 2),
+    )
+    peak = _peak_nearby(in_phase, k, radii)
+    # Dominance read from the separated channels as well as the opposed phase: resampling
+    # interpolates the magnitude |W - F|, which overstates it where fat meets muscle
+    # (halfway, opp ~ 0.8 x in while W ~ F), whereas W and F interpolate linearly.
+    separated = np.abs(w - f) > settings.dominance * (w + f)
+    dominant = (
+        body & separated & (o > settings.dominance * i) & (i >= settings.local_fraction * peak)
+    )
+    return _StationVoxels(i, dominant & (f > w), dominant & (w > f), body, geometry.voxel_ml)
+
+
+def _peak_nearby(in_phase: np.ndarray, k: np.ndarray, radii: Sequence[int]) -> np.ndarray:
+    """The brightest in-phase voxel within ``radii`` (k, j, i) of each voxel of slices ``k``
+    (``in_phase`` indexed (k, j, i)).
+
+    The window reaches into the neighbouring stations' slices: in-phase does not change
+    with a swap, so a swapped neighbour's brightness is as good as any.
+    """
+    start = max(int(k[0]) - radii[0], 0)
+    stop = min(int(k[-1]) + radii[0] + 1, in_phase.shape[0])
+    return local_maximum(in_phase[start:stop], radii)[k - start]
 
 
 def erode_in_plane(mask: np.ndarray, iterations: int) -> np.ndarray:
@@ -259,20 +325,22 @@ def erode_in_plane(mask: np.ndarray, iterations: int) -> np.ndarray:
     return out
 
 
-def max_in_plane(slices: np.ndarray, radius: int) -> np.ndarray:
-    """Maximum over the (2 radius + 1)^2 in-plane window of each voxel of a (k, j, i) stack.
+def local_maximum(stack: np.ndarray, radii: Sequence[int]) -> np.ndarray:
+    """Maximum over the box of ``2 r + 1`` voxels along each axis around each voxel.
 
-    Equal to ``ndimage.maximum_filter(slices, size=(1, 2 r + 1, 2 r + 1))`` (whose
-    default 'reflect' edges only repeat values already in the window), by running
-    maxima of shifted views: a few passes over contiguous memory instead of a filter.
+    Equal to ``ndimage.maximum_filter(stack, size=[2 r + 1 for r in radii])`` (whose
+    default 'reflect' edges only repeat values already in the window), by running maxima
+    of shifted views: a few passes over contiguous memory instead of a filter.
     """
-    out = slices
-    for axis in (1, 2):
+    out = stack
+    for axis, radius in enumerate(radii):
         n = out.shape[axis]
+        if radius < 1 or n < 2:
+            continue
         step = out.copy()
         for shift in range(1, min(radius, n - 1) + 1):
-            lower = [slice(None)] * 3
-            upper = [slice(None)] * 3
+            lower = [slice(None)] * out.ndim
+            upper = [slice(None)] * out.ndim
             lower[axis], upper[axis] = slice(0, n - shift), slice(shift, n)
             # Each voxel takes the larger of itself and its neighbour `shift` away, both ways.
             np.maximum(step[tuple(lower)], out[tuple(upper)], out=step[tuple(lower)])
