@@ -136,16 +136,22 @@ def model_card():
     return [path] if os.path.exists(path) else []
 
 
-def model_weights_sha256():
-    """The sha256 of the configured model's weights as its card states it ("" without one).
+def model_identity():
+    """What decides the configured model's masks, as its card states it ("" without one):
+    the sha256 of its weights and its per-label decision thresholds.
 
     A param of the segmentation: weights unpacked from an archive or copied with their
-    old mtimes are older than the masks, so the mtime trigger alone would miss them. One
-    small JSON read at parse time (the job itself checks the weights against the card).
+    old mtimes are older than the masks, so the mtime trigger alone would miss them, and
+    recalibrated thresholds change the masks without touching the weights. One small JSON
+    read at parse time (the job itself checks the weights against the card).
     """
     for path in model_card():
         with open(path) as handle:
-            return str(json.load(handle).get("weights_sha256", ""))
+            card = json.load(handle)
+        thresholds = json.dumps(
+            card.get("config", {}).get("thresholds") or {}, sort_keys=True
+        )
+        return f"{card.get('weights_sha256', '')} thresholds {thresholds}"
     return ""
 
 

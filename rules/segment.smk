@@ -42,7 +42,7 @@ rule segment_shard:
         batch_size=config["model"]["batch_size"],
         # Not passed on: new weights rerun every shard even when their files are older
         # than the masks (rules/common.smk).
-        weights_sha256=model_weights_sha256(),
+        model=model_identity(),
     shell:
         "myoflow segment --sheet {input.sheet} --shard {wildcards.shard}"
         " --shard-size {params.shard_size} --landmarks {input.landmarks}"

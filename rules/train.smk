@@ -1,8 +1,21 @@
 # Training workflow: `snakemake train` trains a segmentation model on config training.pairs
-# (not part of `rule all`). The logic lives in myoflow.model.training_run; see
-# config/config.yaml.
+# and `snakemake calibrate` sets its per-label thresholds on training.calibration_pairs
+# (neither is part of `rule all`). The logic lives in myoflow.model.training_run and
+# myoflow.model.calibrate; see config/config.yaml.
+
+from snakemake.exceptions import WorkflowError
 
 TRAINING = config["training"]
+
+
+def calibration_pairs(wildcards):
+    """The calibration pairs TSV; asked for only when the calibrate rule is wanted."""
+    if not TRAINING.get("calibration_pairs"):
+        raise WorkflowError(
+            "snakemake calibrate needs config training.calibration_pairs: a pairs TSV of "
+            "annotated participants that are neither training nor held-out ones"
+        )
+    return TRAINING["calibration_pairs"]
 
 
 rule train:
@@ -13,6 +26,7 @@ rule train:
         model=f"{TRAINING['out']}/model.pt",
         card=f"{TRAINING['out']}/model_card.json",
         page=f"{TRAINING['out']}/MODEL_CARD.md",
+        split=f"{TRAINING['out']}/split.json",
     log:
         "logs/training/train.log",
     benchmark:
@@ -46,4 +60,37 @@ rule train:
         " --batch-size {params.batch_size} --lr {params.learning_rate}"
         " {params.split} --seed {params.seed} --threads {threads}"
         f" --device {TRAINING['device']} {training_budget(TRAINING)}"
+        " > {log} 2>&1"
+
+
+rule calibrate:
+    """Per-label thresholds of the trained model on annotated participants that are
+    neither its training nor its held-out ones; the held-out evaluation is redone."""
+    input:
+        pairs=calibration_pairs,
+        held_out_pairs=TRAINING["pairs"],
+        model=f"{TRAINING['out']}/model.pt",
+        card=f"{TRAINING['out']}/model_card.json",
+        split=f"{TRAINING['out']}/split.json",
+    output:
+        model=f"{TRAINING['out']}/calibrated/model.pt",
+        card=f"{TRAINING['out']}/calibrated/model_card.json",
+        table=f"{TRAINING['out']}/calibrated/calibration.tsv",
+    log:
+        "logs/training/calibrate.log",
+    benchmark:
+        "benchmarks/training/calibrate.tsv"
+    conda:
+        "../envs/myoflow.yaml"
+    threads: TRAINING["threads"]
+    resources:
+        # Candidate voxels of ~30 full-size participants: ~20 MB each.
+        mem_mb=8000,
+        runtime=120,
+        gpu=1 if str(TRAINING["device"]).startswith("cuda") else 0,
+    shell:
+        "myoflow calibrate --model $(dirname {input.model}) --pairs {input.pairs}"
+        " --held-out-pairs {input.held_out_pairs} --split {input.split}"
+        " --out $(dirname {output.model}) --threads {threads}"
+        f" --device {TRAINING['device']}"
         " > {log} 2>&1"

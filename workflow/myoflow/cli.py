@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from myoflow import __version__
 from myoflow.commands import (
     analyse,
+    calibrate,
     convert,
     convert_series,
     gather,
@@ -32,6 +33,7 @@ COMMANDS = [
     synth,
     landmarks,
     train,
+    calibrate,
     segment,
     measure,
     manual,

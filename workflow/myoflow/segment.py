@@ -234,7 +234,7 @@ def segment_one(
         if not segmentation.labels.any():
             raise ParticipantExcluded(
                 "no_muscle_found",
-                f"no voxel reached probability {predict.THRESHOLD} for any label in either crop",
+                "no voxel reached its label's probability threshold in either crop",
             )
     except ParticipantExcluded as excluded:
         files.remove_outputs()

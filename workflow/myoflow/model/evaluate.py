@@ -199,6 +199,30 @@ def _number(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _calibration_lines(card: Mapping[str, Any]) -> list[str]:
+    """The card page's calibration section (none when the model was not calibrated)."""
+    calibration = card.get("calibration")
+    if not calibration:
+        return []
+    thresholds = card.get("config", {}).get("thresholds", {})
+    lines = [
+        "## Calibration",
+        "",
+        f"- per-label thresholds {thresholds} from {calibration.get('participants')} "
+        f"annotated participants (data sha256 `{calibration.get('data_sha256')}`), "
+        "neither training nor held-out",
+        "",
+        "| label | thresholds | threshold | volume bias % | Dice |",
+        "|---|---|---|---|---|",
+    ]
+    for row in calibration.get("table", []):
+        lines.append(
+            f"| {row['label']} | {row['thresholds']} | {_number(row['threshold'])} | "
+            f"{_number(row['volume_bias_percent'], 1)} | {_number(row['dice'])} |"
+        )
+    return [*lines, ""]
+
+
 def render_model_card(card: Mapping[str, Any]) -> str:
     """``MODEL_CARD.md``: the card's figures as a page for people (the JSON stays the record)."""
     config = card.get("config", {})
@@ -233,6 +257,7 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         f"{training.get('device')}",
         f"- software: {card.get('software')}",
         "",
+        *_calibration_lines(card),
         "## Held-out evaluation",
         "",
     ]

@@ -9,7 +9,10 @@ model serves every participant of a shard (nothing here reads or writes files):
    agnostic (channel ``m`` of side ``s``'s crop is the muscle ``{m}_{s}``);
 3. :func:`stitch_labels` resamples each side's probabilities linearly onto the stitched
    grid (:func:`myoflow.crop.uncrop`, ``order=1``); a voxel takes the label and side of
-   its highest probability if that is at least 0.5 (:data:`THRESHOLD`), else background;
+   its highest probability if that is at least 0.5 (:data:`THRESHOLD`), else background,
+   or, when the model config carries per-label ``thresholds`` (calibrated on annotated
+   participants by :mod:`myoflow.model.calibrate`), the label whose probability is
+   highest relative to its own threshold, if it reaches it;
 4. :func:`clean_labels` drops each label's small 26-connected islands (keeping the
    largest part and any at least a tenth its size) and fills its holes (cavities
    enclosed in 3D); the function says why not the largest part alone, nor per slice.
@@ -20,7 +23,7 @@ Label values are those of :data:`myoflow.synth.anatomy.LABELS`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +62,7 @@ class Segmentation:
             crop, as a half-open box ((i0, i1), (j0, j1), (k0, k1)) clipped to the volume
             (:data:`myoflow.metrics.Box`): labels can only lie inside their side's box.
         probabilities_max: float32, stitched shape: the winning label's probability where
-            it reaches ``THRESHOLD`` (before :func:`clean_labels`), 0 elsewhere.
+            it reaches its threshold (before :func:`clean_labels`), 0 elsewhere.
         seconds: wall time of the steps: crop, infer, uncrop, clean.
     """
 
@@ -169,14 +172,14 @@ def crop_box(
     return tuple((int(a), int(b)) for a, b in zip(low, high, strict=True))  # type: ignore[return-value]
 
 
-def _above_threshold_block(probability: np.ndarray) -> tuple[slice, ...] | None:
-    """The crop voxels that can give a stitched voxel >= THRESHOLD, with a 1-voxel rim.
+def _above_threshold_block(probability: np.ndarray, threshold: float) -> tuple[slice, ...] | None:
+    """The crop voxels that can give a stitched voxel >= ``threshold``, with a 1-voxel rim.
 
     Linear interpolation is a convex combination of the 8 neighbouring crop voxels, so a
     stitched voxel can only reach the threshold next to a crop voxel that does; resampling
     this block alone gives every label decision exactly, at a fraction of the cost.
     """
-    above = probability >= THRESHOLD
+    above = probability >= threshold
     if not above.any():
         return None
     block = []
@@ -186,33 +189,34 @@ def _above_threshold_block(probability: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(block)
 
 
-def stitch_labels(
+def label_thresholds(config: Mapping[str, Any], label_names: Sequence[str]) -> list[float]:
+    """Each label's decision threshold: the model config's ``thresholds`` (set by
+    :mod:`myoflow.model.calibrate`), :data:`THRESHOLD` for a label it does not name."""
+    given = config.get("thresholds") or {}
+    return [float(given.get(name, THRESHOLD)) for name in label_names]
+
+
+def resampled_probabilities(
     probabilities: Mapping[str, np.ndarray],
     geometries: Mapping[str, CropGeometry],
     label_names: Sequence[str],
     stitched_shape: Sequence[int],
     affine_ras: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each voxel's most probable label and side, where that probability is >= THRESHOLD.
+    floors: Sequence[float],
+) -> Iterator[tuple[int, str, tuple[slice, ...], np.ndarray]]:
+    """Each side's and label's probabilities resampled linearly onto the stitched grid,
+    where they can reach that label's ``floors`` value.
 
-    Args:
-        probabilities: per side, (L, X, Y, Z) probabilities on that side's crop grid.
-        geometries: per side, the crop's geometry (:func:`myoflow.crop.crop_geometry`).
-        label_names: the L muscle names, in channel order.
-        stitched_shape: shape of the stitched grid.
-        affine_ras: its voxel -> RAS mm affine.
-
-    Returns:
-        (int16 labels, float32 winning probability; both 0 below the threshold). Ties go to
-        the side and label met first.
+    Yields ``(label index, label key, stitched region, probabilities there)`` per side
+    (in the order of ``probabilities``) and label (in the order of ``label_names``);
+    labels that reach their floor nowhere are left out. Outside the regions every
+    resampled probability is below its floor.
 
     Raises:
         ValueError: a side's probabilities do not have one channel per label, or a name
             is not a muscle of ``LABELS``.
     """
     shape = tuple(int(n) for n in stitched_shape)
-    labels = np.zeros(shape, dtype=np.int16)
-    best = np.zeros(shape, dtype=np.float32)
     for side, side_probabilities in probabilities.items():
         geometry = geometries[side]
         side_probabilities = np.asarray(side_probabilities, dtype=np.float32)
@@ -221,11 +225,13 @@ def stitch_labels(
                 f"{side}: probabilities {side_probabilities.shape} are not one crop "
                 f"{geometry.shape} per label {list(label_names)}"
             )
-        for name, probability in zip(label_names, side_probabilities, strict=True):
+        for index, (name, probability) in enumerate(
+            zip(label_names, side_probabilities, strict=True)
+        ):
             key = f"{name}_{side}"
             if key not in LABELS:
                 raise ValueError(f"no label value for {key!r}")
-            block = _above_threshold_block(probability)
+            block = _above_threshold_block(probability, floors[index])
             if block is None:
                 continue
             # Resample only the block, onto only the stitched voxels it covers.
@@ -243,11 +249,57 @@ def stitch_labels(
             resampled = uncrop(
                 probability[block], part, box_shape, affine_ras @ _translation(low), order=1
             )
-            region = tuple(slice(a, b) for a, b in box)
-            wins = resampled > best[region]
-            best[region][wins] = resampled[wins]
-            labels[region][wins] = LABELS[key]
-    below = best < THRESHOLD
+            yield index, key, tuple(slice(a, b) for a, b in box), resampled
+
+
+def stitch_labels(
+    probabilities: Mapping[str, np.ndarray],
+    geometries: Mapping[str, CropGeometry],
+    label_names: Sequence[str],
+    stitched_shape: Sequence[int],
+    affine_ras: np.ndarray,
+    thresholds: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each voxel's label and side by the highest probability over its label's threshold.
+
+    A voxel takes the label and side with the largest ratio of probability to threshold,
+    if that ratio is at least 1; with every threshold 0.5 (the default,
+    :data:`THRESHOLD`) that is the most probable label where its probability is >= 0.5.
+    Calibrated thresholds (:mod:`myoflow.model.calibrate`) differ per label, and the
+    ratio keeps the decision between two labels consistent with each one's own cut.
+
+    Args:
+        probabilities: per side, (L, X, Y, Z) probabilities on that side's crop grid.
+        geometries: per side, the crop's geometry (:func:`myoflow.crop.crop_geometry`).
+        label_names: the L muscle names, in channel order.
+        stitched_shape: shape of the stitched grid.
+        affine_ras: its voxel -> RAS mm affine.
+        thresholds: the L labels' thresholds (default all :data:`THRESHOLD`).
+
+    Returns:
+        (int16 labels, float32 winning probability; both 0 where no label reaches its
+        threshold). Ties go to the side and label met first.
+
+    Raises:
+        ValueError: a side's probabilities do not have one channel per label, a name is
+            not a muscle of ``LABELS``, or a threshold is not in (0, 1).
+    """
+    cuts = [THRESHOLD] * len(label_names) if thresholds is None else list(thresholds)
+    if len(cuts) != len(label_names) or not all(0.0 < t < 1.0 for t in cuts):
+        raise ValueError(f"thresholds {cuts} are not one value in (0, 1) per label {label_names}")
+    shape = tuple(int(n) for n in stitched_shape)
+    labels = np.zeros(shape, dtype=np.int16)
+    best = np.zeros(shape, dtype=np.float32)
+    score = np.zeros(shape, dtype=np.float32)
+    for index, key, region, resampled in resampled_probabilities(
+        probabilities, geometries, label_names, shape, affine_ras, cuts
+    ):
+        ratio = resampled / np.float32(cuts[index])
+        wins = ratio > score[region]
+        score[region][wins] = ratio[wins]
+        best[region][wins] = resampled[wins]
+        labels[region][wins] = LABELS[key]
+    below = score < 1.0
     labels[below] = 0
     best[below] = 0.0
     return labels, best
@@ -301,17 +353,20 @@ def labels_from_probabilities(
     label_names: Sequence[str],
     stitched_shape: Sequence[int],
     affine_ras: np.ndarray,
+    thresholds: Sequence[float] | None = None,
 ) -> np.ndarray:
     """The cleaned int16 label map from per-side crop probabilities.
 
-    :func:`stitch_labels` (linear resampling, highest probability >= 0.5 wins), then
-    :func:`clean_labels` (small islands dropped, holes filled in 3D). Arguments as for
-    :func:`stitch_labels`.
+    :func:`stitch_labels` (linear resampling, highest probability over its threshold
+    wins), then :func:`clean_labels` (small islands dropped, holes filled in 3D).
+    Arguments as for :func:`stitch_labels`.
 
     Raises:
         ValueError: see :func:`stitch_labels`.
     """
-    labels, _ = stitch_labels(probabilities, geometries, label_names, stitched_shape, affine_ras)
+    labels, _ = stitch_labels(
+        probabilities, geometries, label_names, stitched_shape, affine_ras, thresholds
+    )
     return clean_labels(labels)
 
 
@@ -378,6 +433,7 @@ def segment_participant(
         label_names,
         shape,
         affine_ras,
+        label_thresholds(config, label_names),
     )
     seconds["uncrop"] = time.perf_counter() - started
     started = time.perf_counter()

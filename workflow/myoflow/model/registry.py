@@ -8,11 +8,14 @@ A model config is a JSON-able dict::
         "labels": ["iliopsoas"],         # one sigmoid output channel per label, in order
         "width": 1.0,                    # channel multiplier (1: the published 22.9 M)
         "crop": {...},                   # optional: myoflow.crop.CropSpec.to_dict()
+        "thresholds": {"iliopsoas": 0.4},  # optional: per-label decision thresholds
     }
 
 ``build_model`` reads the architecture keys; ``crop`` belongs to the data side (how the
 model's inputs are cut from a participant) and is read by ``crop_spec``. Keeping both in
-one file beside the weights means a trained model always says how to feed it.
+one file beside the weights means a trained model always says how to feed it. So do
+``thresholds``, which say how to read its output (:mod:`myoflow.model.calibrate` sets
+them; a label without one is cut at 0.5).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from myoflow.model.vnet import VNet
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"vnet": VNet}
 """Every network a config may name; add new ones here, explicitly."""
 
-CONFIG_KEYS = {"architecture", "in_channels", "labels", "width", "crop"}
+CONFIG_KEYS = {"architecture", "in_channels", "labels", "width", "crop", "thresholds"}
+OPTIONAL_KEYS = {"crop", "thresholds"}
 
 
 class ModelConfigError(MyoflowError, ValueError):
@@ -54,7 +58,7 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
 
 def check_config(config: Mapping[str, Any]) -> None:
     """Raise :class:`ModelConfigError` unless ``config`` is a valid model config."""
-    missing = sorted(CONFIG_KEYS - {"crop"} - set(config))
+    missing = sorted(CONFIG_KEYS - OPTIONAL_KEYS - set(config))
     unknown = sorted(set(config) - CONFIG_KEYS)
     if missing or unknown:
         raise ModelConfigError(f"model config: missing keys {missing}, unknown keys {unknown}")
@@ -78,6 +82,27 @@ def check_config(config: Mapping[str, Any]) -> None:
         )
     if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
         raise ModelConfigError(f"model config: width must be a positive number, got {width!r}")
+    _check_thresholds(config.get("thresholds"), labels)
+
+
+def _check_thresholds(thresholds: Any, labels: list[str]) -> None:
+    if thresholds is None:
+        return
+    if not isinstance(thresholds, Mapping):
+        raise ModelConfigError(
+            f"model config: thresholds must map labels to numbers, got {thresholds!r}"
+        )
+    unknown = sorted(set(thresholds) - set(labels))
+    bad = {
+        name: value
+        for name, value in thresholds.items()
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1
+    }
+    if unknown or bad:
+        raise ModelConfigError(
+            f"model config: thresholds must be numbers in (0, 1) for the model's labels; "
+            f"unknown labels {unknown}, bad values {bad}"
+        )
 
 
 def crop_spec(config: Mapping[str, Any]) -> CropSpec:
