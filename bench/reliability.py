@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
 
 from test_reliability import (  # noqa: E402  (the test module is the shared code)
     EXPECTED_OUTCOMES,
@@ -75,6 +77,14 @@ def timed(what: str, action):
     seconds = time.perf_counter() - started
     print(f"  {what}: {seconds:.0f} s", flush=True)
     return result, seconds
+
+
+def model_digest() -> str:
+    """The configured model's weights digest (its card's): the runs link the repository's
+    resources/, so a model replaced during the bench would make the runs disagree."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    card = REPO / config["model"]["dir"] / "model_card.json"
+    return json.loads(card.read_text())["weights_sha256"]
 
 
 def cohort(folder: Path, participants: int, seed: int, bad_inputs: float = 0.0) -> Path:
@@ -149,11 +159,14 @@ def main() -> None:
         f"in {root}",
         flush=True,
     )
+    model = model_digest()
     try:
         table = run_checks(args, kill_seed, root)
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
+    if model_digest() != model:
+        table.append(("warning", "the model in resources/ changed during the bench: rerun it"))
     print("\n| check | result |\n|---|---|")
     for check, result in table:
         print(f"| {check} | {result} |")
