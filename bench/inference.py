@@ -27,7 +27,7 @@ muscles) randomly initialised and saved with :func:`save_model`. A random networ
 much of each crop, far more than a trained one, which makes uncrop and clean-up slow; so
 the timed runs use an oracle (:class:`OracleNet`) that runs the network for its cost and
 answers with the truth's partial-volume training targets on the crop
-(:func:`myoflow.model.samples.soft_targets`), as a perfect coarse model would.
+(:func:`myoflow.model.targets.soft_targets`), as a perfect coarse model would.
 Its Dice against the truth checks the whole way back to the stitched grid. One run with
 the network's own output is shown as the upper bound.
 """
@@ -61,7 +61,7 @@ from myoflow.metrics import MUSCLES
 from myoflow.model.card import load_model, save_model, sha256_file
 from myoflow.model.predict import predict_probabilities, stitch_labels
 from myoflow.model.registry import build_model, parameter_count
-from myoflow.model.samples import soft_targets
+from myoflow.model.targets import soft_targets
 from myoflow.synth.anatomy import LABELS
 from myoflow.synth.geometry import protocol
 from myoflow.synth.phenotypes import sample_cohort

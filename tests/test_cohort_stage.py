@@ -13,16 +13,16 @@ import pytest
 import yaml
 from test_stats_planted import KNOWN_MISSES, SEED
 
-from myoflow.analysis import (
-    AnalysisSettings,
+from myoflow.analysis import AnalysisSettings, run_analysis
+from myoflow.analysis_tables import (
     profile_matrix_from_text,
     read_analysis_cohort,
     read_profiles,
     read_tables,
-    run_analysis,
     write_tables,
 )
-from myoflow.cohort import GatherError, read_shard_tables, step_exclusions
+from myoflow.cohort import step_exclusions
+from myoflow.cohort_inputs import GatherError, read_shard_tables
 from myoflow.commands import analyse
 from myoflow.commands import gather as gather_command
 from myoflow.io import read_tsv, write_tsv
@@ -30,6 +30,7 @@ from myoflow.shards import assign_shards
 from myoflow.stats.cohort import check_accounting
 from myoflow.synth import effects
 from myoflow.synth.cohort import CohortSpec, generate_cohort
+from myoflow.synth.planted import CORRELATIONS, VARIABLES, correlation_key, planted_effects
 
 ID = "participant_id"
 STAGE_COLUMNS = ["participant_id", "shard", "status", "stage", "reason", "detail"]
@@ -350,16 +351,16 @@ def planted_tables(tmp_path_factory) -> dict[str, pd.DataFrame]:
 
 def recovered_from_tables(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per planted effect with the estimate and 95 % CI the tables report."""
-    planted = effects.planted_effects("ukbb")
+    planted = planted_effects("ukbb")
     by_sex = planted["by_sex"]
     rows = []
     corr = tables["correlations"]
-    for a, b in effects.CORRELATIONS:
+    for a, b in CORRELATIONS:
         for _, r in corr[(corr["x"] == a) & (corr["y"] == b)].iterrows():
-            truth = by_sex[r["sex"]]["r"][effects.correlation_key(a, b)]
+            truth = by_sex[r["sex"]]["r"][correlation_key(a, b)]
             rows.append((f"r {a}|{b}", r["sex"], truth, r["r"], r["ci_low"], r["ci_high"]))
     welch = pd.concat([tables["table1_tests"], tables["table2"]], ignore_index=True)
-    for variable in effects.VARIABLES:
+    for variable in VARIABLES:
         r = welch[welch["metric"] == variable].iloc[0]
         truth = by_sex["M"]["mean"][variable] - by_sex["F"]["mean"][variable]
         rows.append((f"M-F {variable}", "", truth, r["diff"], r["ci_low"], r["ci_high"]))

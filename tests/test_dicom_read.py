@@ -25,13 +25,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from myoflow.commands import convert_series
-from myoflow.dicom import (
-    SERIES_REASONS,
-    DicomError,
-    group_by_series,
-    read_datasets,
-    series_volumes,
-)
+from myoflow.dicom import group_by_series, read_datasets, series_volumes
+from myoflow.dicom_errors import SERIES_REASONS, DicomError
 from myoflow.errors import MyoflowError
 from myoflow.synth.dicom_writer import SeriesInfo, write_series
 from myoflow.volume import Volume

@@ -18,13 +18,8 @@ import SimpleITK as sitk
 from dicom_helpers import TEST_PATIENT, dcm2niix_binary
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
-from myoflow.synth.dicom_writer import (
-    SeriesInfo,
-    channel_tags,
-    scanner_tags,
-    write_series,
-    zip_directory,
-)
+from myoflow.synth.dicom_writer import SeriesInfo, write_series, zip_directory
+from myoflow.synth.scanner_tags import channel_tags, scanner_tags
 
 # Odd, unequal sizes and spacings so that any swap of i/j, rows/columns or PixelSpacing
 # order changes shapes or positions.

@@ -11,10 +11,10 @@ from myoflow.hip_detection import (
     fibonacci_directions,
     fit_head,
     fit_sphere,
-    local_contrast,
     robust_sphere,
 )
 from myoflow.landmarks import EXCLUSION_REASONS, HipLandmarks, LandmarkError, lps_axes
+from myoflow.marrow_contrast import local_contrast
 from myoflow.synth.geometry import Grid, protocol
 from myoflow.synth.phenotypes import sample_cohort
 from myoflow.synth.render import render_participant

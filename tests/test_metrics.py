@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from myoflow import metrics
+from myoflow import csa_profile, metrics
 from myoflow.synth import phenotypes
 from myoflow.synth.anatomy import LABELS
 from myoflow.synth.cohort import planned_truth
@@ -90,7 +90,7 @@ def test_csa_of_a_box_stack_is_exact_per_slice():
     # slice 6 is the 4th of 7: its centre sits at 3.5 / 7 of the length
     assert record["psoas_max_csa_z_right_pct"] == pytest.approx(50.0)
     profile = record["psoas_csa_profile_right"]
-    assert len(profile) == metrics.PROFILE_BINS
+    assert len(profile) == csa_profile.PROFILE_BINS
     assert profile[0] == pytest.approx(15 * 1.5 * 1.25 / 100.0)
     assert max(profile) <= record["psoas_max_csa_right_cm2"] + 1e-12
     assert record["psoas_max_csa_left_cm2"] is None

@@ -15,13 +15,12 @@ import pytest
 import statsmodels.api as sm
 
 from myoflow.synth import effects
-from myoflow.synth.effects import planted_effects
 from myoflow.synth.phenotypes import sample_cohort
+from myoflow.synth.planted import CORRELATIONS, VARIABLES, cohort_statistics, planted_effects
+from myoflow.synth.planted import _manifest as manifest_cache
 
 N = 2000
 SEXES = ("F", "M")
-VARIABLES = effects.VARIABLES
-CORRELATIONS = effects.CORRELATIONS
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,7 @@ def _ols(y: pd.Series, columns: dict[str, np.ndarray]):
 
 
 def test_manifest_is_json_and_complete() -> None:
-    effects._manifest.cache_clear()
+    manifest_cache.cache_clear()
     manifest = planted_effects("nako")
     assert json.loads(json.dumps(manifest)) == manifest
     for sex in SEXES:
@@ -171,7 +170,7 @@ def test_manifest_agrees_with_a_fresh_200k_draw(protocol: str) -> None:
     Carlo values (400k) carry their own sampling error.
     """
     df = sample_cohort(777, 200_000, protocol)
-    observed = effects.cohort_statistics(df)
+    observed = cohort_statistics(df)
     manifest = planted_effects(protocol)
     width = 4.0 * np.sqrt(1.5)
     for sex in SEXES:

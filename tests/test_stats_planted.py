@@ -1,6 +1,6 @@
 """The statistics recover the planted population effects of a 2,000-participant cohort.
 
-Each planted value (``effects.planted_effects("ukbb")``) must lie inside the 95 % interval
+Each planted value (``planted_effects("ukbb")``) must lie inside the 95 % interval
 the statistics report: within-sex correlations (Fisher z), men-minus-women differences
 (Welch), left-right asymmetry (paired and one-sample t) and the IMI-age slopes before and
 after 60 (OLS with a hinge). The intervals are calibrated: over the 300 seeds
@@ -27,6 +27,7 @@ from myoflow.stats.regress import ols
 from myoflow.stats.ttests import ASYMMETRY_PAIRS, asymmetry_tests, welch_ttests
 from myoflow.synth import effects
 from myoflow.synth.phenotypes import sample_cohort
+from myoflow.synth.planted import CORRELATIONS, VARIABLES, correlation_key, planted_effects
 
 SEED = 6006
 N = 2000
@@ -44,16 +45,16 @@ def cohort() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def planted() -> dict:
-    return effects.planted_effects("ukbb")
+    return planted_effects("ukbb")
 
 
 def recovered(df: pd.DataFrame, planted: dict, level: float) -> pd.DataFrame:
     """One row per planted effect: effect, sex, planted, estimate, ci_low, ci_high."""
     rows = []
-    for _, r in correlations(df, effects.CORRELATIONS, level=level).iterrows():
-        truth = planted["by_sex"][r["sex"]]["r"][effects.correlation_key(r["x"], r["y"])]
+    for _, r in correlations(df, CORRELATIONS, level=level).iterrows():
+        truth = planted["by_sex"][r["sex"]]["r"][correlation_key(r["x"], r["y"])]
         rows.append((f"r {r['x']}|{r['y']}", r["sex"], truth, r["r"], r["ci_low"], r["ci_high"]))
-    for _, r in welch_ttests(df, effects.VARIABLES, "sex", "M", "F", level=level).iterrows():
+    for _, r in welch_ttests(df, VARIABLES, "sex", "M", "F", level=level).iterrows():
         means = {s: planted["by_sex"][s]["mean"][r["metric"]] for s in ("F", "M")}
         rows.append(
             (
@@ -113,12 +114,12 @@ def test_intervals_have_the_width_the_planted_spread_implies(cohort, planted):
     half = (at95["ci_high"] - at95["ci_low"]) / 2
     n = cohort["sex"].value_counts()
     by_sex = planted["by_sex"]
-    for variable in effects.VARIABLES:
+    for variable in VARIABLES:
         se = np.sqrt(sum(by_sex[s]["sd"][variable] ** 2 / n[s] for s in ("F", "M")))
         assert half[(f"M-F {variable}", "")] / (1.96 * se) == pytest.approx(1.0, abs=0.1)
-    for a, b in effects.CORRELATIONS:
+    for a, b in CORRELATIONS:
         for sex in ("F", "M"):
-            rho = by_sex[sex]["r"][effects.correlation_key(a, b)]
+            rho = by_sex[sex]["r"][correlation_key(a, b)]
             expected = 1.96 * (1 - rho**2) / np.sqrt(n[sex] - 3)
             assert half[(f"r {a}|{b}", sex)] / expected == pytest.approx(1.0, abs=0.1)
 

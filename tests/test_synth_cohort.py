@@ -304,7 +304,7 @@ def test_zip_delivery_reads_back(tmp_path):
 
 def test_truth_only_cohort_recovers_planted_effects(tmp_path):
     """2,000 participants from truth only: planted means, SDs, correlations within 3 SE."""
-    from myoflow.synth import effects
+    from myoflow.synth.planted import planted_effects
 
     truth = generate_cohort(
         CohortSpec(out=tmp_path, participants=2000, protocol="ukbb", seed=77, truth_only=True)
@@ -313,7 +313,7 @@ def test_truth_only_cohort_recovers_planted_effects(tmp_path):
     pheno = pd.read_csv(tmp_path / "phenotypes.tsv", sep="\t")
     table = pheno.merge(pd.read_csv(tmp_path / "truth.tsv", sep="\t"), on="participant_id")
     assert len(table) == len(truth) == 2000
-    planted = effects.planted_effects("ukbb")["by_sex"]
+    planted = planted_effects("ukbb")["by_sex"]
     for sex, group in table.groupby("sex"):
         n = len(group)
         for column in (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from myoflow import metrics
+from myoflow import csa_profile
 from myoflow.synth import labelmap, phenotypes, psoas_profile
 from myoflow.synth.anatomy import LABELS
 from myoflow.synth.geometry import protocol
@@ -184,7 +184,7 @@ def test_full_grid_psoas_peak_matches_the_truth(full_size):
         # Measured on 20 full-size participants (bench/metric_accuracy.py): the vertex lies
         # 0.2-0.3 slices below the built peak (the profile is skewed); the mask's largest
         # slice alone sits up to 2 slices away from it.
-        assert abs(metrics.peak_z(z[rows], csa[rows]) - z_peak) <= grid.spacing_mm[2]
+        assert abs(csa_profile.peak_z(z[rows], csa[rows]) - z_peak) <= grid.spacing_mm[2]
 
 
 def test_truth_z_is_where_the_anatomy_builds_the_psoas_peak(full_size):

@@ -29,14 +29,13 @@ from myoflow.model.samples import (
     PairsError,
     hash_inputs,
     load_or_prepare,
-    partial_volume_kernel,
     prepare_pairs,
     read_pairs,
     sample_key,
-    soft_targets,
     synthetic_pairs,
     training_data_sha256,
 )
+from myoflow.model.targets import partial_volume_kernel, soft_targets
 from myoflow.model.train import (
     TrainingError,
     TrainSettings,

@@ -121,7 +121,7 @@ def cohort_figures(
     """Every figure the tables support, with captions, in report order.
 
     Args:
-        tables: the analysis tables by name (:func:`myoflow.analysis.read_tables`).
+        tables: the analysis tables by name (:func:`myoflow.analysis_tables.read_tables`).
         points: participants' values for scatter plots (:data:`POINT_COLUMNS`).
         settings: the analysis settings (group labels and order, level, GAM covariate);
             default the shipped ones.

@@ -39,7 +39,8 @@ import pandas as pd
 import pydicom
 
 from myoflow.acquisition import acquisition_record
-from myoflow.dicom import ORIENTATION_TOL, DicomError, group_by_series, series_volumes
+from myoflow.dicom import ORIENTATION_TOL, group_by_series, series_volumes
+from myoflow.dicom_errors import DicomError
 from myoflow.errors import MyoflowError, ParticipantExcluded
 from myoflow.exclusions import clear_exclusion, write_exclusion
 from myoflow.grid import Grid

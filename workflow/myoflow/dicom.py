@@ -6,13 +6,15 @@ their position along the slice normal (ImagePositionPatient projected on row x c
 ImageOrientationPatient, never InstanceNumber), the slice spacing is measured from those
 positions (not SliceThickness or SpacingBetweenSlices), RescaleSlope/RescaleIntercept are
 applied, and a series that would give a wrong volume is refused with a
-:class:`DicomError` whose ``reason`` is one of :data:`SERIES_REASONS`.
+:class:`~myoflow.dicom_errors.DicomError` whose ``reason`` is one of
+:data:`~myoflow.dicom_errors.SERIES_REASONS`.
 
-Enhanced (multi-frame) MR files are read through their functional groups (plane
-position, plane orientation, pixel measures, pixel value transformation, MR echo), giving
-the same volume as the equivalent single-frame series. Siemens mosaics and 4-D
-multi-frame files (frames repeating a position: time series, diffusion) are refused;
-dcm2niix unpacks those, but no stage of myoflow needs them.
+This module holds reading the files, the checks on the stack of slices, the affine and
+the pixel data. The frames' headers are read by :mod:`myoflow.dicom_frames`: enhanced
+(multi-frame) MR files are read through their functional groups, giving the same volume
+as the equivalent single-frame series. Siemens mosaics and 4-D multi-frame files (frames
+repeating a position: time series, diffusion) are refused; dcm2niix unpacks those, but
+no stage of myoflow needs them.
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pydicom
@@ -30,43 +30,16 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
 
+from myoflow.dicom_errors import REASONS as REASONS  # re-exported: see below
+from myoflow.dicom_errors import DicomError
+from myoflow.dicom_frames import Frames, collect_frames, first_int
 from myoflow.errors import MyoflowError
 from myoflow.volume import Volume
 
 log = logging.getLogger(__name__)
 
-REASONS: dict[str, str] = {
-    "not_mr": "a file's Modality is not MR",
-    "missing_geometry": (
-        "ImagePositionPatient, ImageOrientationPatient or PixelSpacing is missing or "
-        "malformed (wrong number of values, direction vectors not unit length or not "
-        "perpendicular)"
-    ),
-    "mixed_orientation": "slices differ in ImageOrientationPatient by more than 1e-4",
-    "mixed_size": "slices differ in Rows, Columns or PixelSpacing",
-    "duplicate_slices": "two slices of one echo lie at the same position along the normal",
-    "slice_gap": (
-        "a step between neighbouring slices is about twice the smallest step or more "
-        "(it rounds to 2 or more smallest steps): slices are missing"
-    ),
-    "nonuniform_spacing": (
-        "steps between neighbouring slices differ from their median by more than 1 %, or "
-        "slices are shifted within their plane (a sheared stack)"
-    ),
-    "multiframe": (
-        "a file packs several images that are not unpacked: a Siemens mosaic, a "
-        "multi-frame file without functional groups, or an enhanced multi-frame file "
-        "whose frames repeat positions (4-D: time series, diffusion)"
-    ),
-    "pixel_data": (
-        "pixel data missing, truncated, not greyscale, or in a compression the installed "
-        "pydicom plugins cannot decode"
-    ),
-}
-"""Why a series can be refused: reason code -> what it means."""
-
-SERIES_REASONS = frozenset(REASONS)
-"""The reason codes a :class:`DicomError` can carry."""
+# REASONS is re-exported because the description of convert's ``invalid_series`` reason
+# (myoflow.convert) points readers to ``myoflow.dicom.REASONS``.
 
 ORIENTATION_TOL = 1e-4
 """Largest difference between two slices' direction cosines that counts as equal."""
@@ -76,22 +49,6 @@ SAME_POSITION_MM = 1e-3
 """Slices closer than this along the normal are at the same position."""
 
 _NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
-
-
-class DicomError(MyoflowError):
-    """A DICOM series cannot be turned into a correct volume.
-
-    Attributes:
-        reason: short code, one of :data:`SERIES_REASONS`.
-        detail: what is wrong, naming the file(s).
-    """
-
-    def __init__(self, reason: str, detail: str) -> None:
-        if reason not in SERIES_REASONS:
-            raise ValueError(f"unknown DICOM error reason {reason!r}")
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def read_datasets(
@@ -162,40 +119,6 @@ def group_by_series(datasets: Iterable[Dataset]) -> dict[str, list[Dataset]]:
     return groups
 
 
-class _Header(NamedTuple):
-    """What one image (frame) says about itself."""
-
-    name: str  # file, and frame number in a multi-frame file, for messages
-    source: tuple[Dataset, int | None]  # dataset, frame index (None: single-frame)
-    position: list[float] | None  # ImagePositionPatient, LPS mm
-    orientation: list[float] | None  # ImageOrientationPatient
-    pixel_spacing: list[float] | None  # (between rows, between columns) mm
-    size: tuple[int, int]  # (Rows, Columns)
-    slope: float
-    intercept: float
-    echo_number: int | None
-    echo_time: float | None
-    thickness_mm: float | None  # SliceThickness: the third axis of a one-slice volume
-
-
-@dataclass
-class _Frames:
-    """The headers of every frame of a series as arrays, one entry per frame."""
-
-    names: list[str]
-    sources: list[tuple[Dataset, int | None]]
-    position: np.ndarray  # (n, 3)
-    orientation: np.ndarray  # (n, 6)
-    pixel_spacing: np.ndarray  # (n, 2)
-    size: np.ndarray  # (n, 2)
-    slope: np.ndarray  # (n,)
-    intercept: np.ndarray  # (n,)
-    echo_number: list[int | None]
-    echo_time: list[float | None]
-    thickness_mm: float | None
-    multiframe: bool
-
-
 def series_volumes(datasets: Sequence[Dataset]) -> list[Volume]:
     """Build the volume(s) of one series.
 
@@ -216,7 +139,7 @@ def series_volumes(datasets: Sequence[Dataset]) -> list[Volume]:
     for ds, name in zip(datasets, names, strict=True):
         if ds.get("Modality") != "MR":
             raise DicomError("not_mr", f"{name}: Modality is {ds.get('Modality')!r}, not 'MR'")
-    frames = _collect_frames(datasets, names)
+    frames = collect_frames(datasets, names)
     _check_consistent(frames)
     volumes = []
     for echo, members in _split_echoes(frames):
@@ -233,165 +156,10 @@ def _name(ds: Dataset, index: int) -> str:
     return f"dataset {index + 1} (InstanceNumber {ds.get('InstanceNumber', '?')})"
 
 
-# --- headers ---------------------------------------------------------------------------
-
-
-def _floats(value: object, count: int) -> list[float] | None:
-    """Return ``value`` as ``count`` floats, or None when absent or malformed."""
-    if value is None:
-        return None
-    try:
-        values = [float(v) for v in value]  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return None
-    return values if len(values) == count else None
-
-
-def _first_int(value: object) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        value = value[0] if len(value) else None
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
-def _optional_float(value: object) -> float | None:
-    try:
-        return None if value is None or value == "" else float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
-def _collect_frames(datasets: Sequence[Dataset], names: list[str]) -> _Frames:
-    headers: list[_Header] = []
-    for ds, name in zip(datasets, names, strict=True):
-        if "PerFrameFunctionalGroupsSequence" in ds:
-            headers.extend(_enhanced_frames(ds, name))
-        else:
-            _refuse_packed(ds, name)
-            headers.append(_single_frame(ds, name))
-    for header in headers:
-        missing = [
-            keyword
-            for keyword in ("position", "orientation", "pixel_spacing")
-            if getattr(header, keyword) is None
-        ]
-        if missing:
-            tags = ", ".join(_GEOMETRY_TAGS[keyword] for keyword in missing)
-            raise DicomError("missing_geometry", f"{header.name}: {tags} missing or malformed")
-    thickness = next((h.thickness_mm for h in headers if h.thickness_mm), None)
-    return _Frames(
-        names=[h.name for h in headers],
-        sources=[h.source for h in headers],
-        position=np.array([h.position for h in headers], dtype=np.float64),
-        orientation=np.array([h.orientation for h in headers], dtype=np.float64),
-        pixel_spacing=np.array([h.pixel_spacing for h in headers], dtype=np.float64),
-        size=np.array([h.size for h in headers], dtype=np.int64),
-        slope=np.array([h.slope for h in headers], dtype=np.float64),
-        intercept=np.array([h.intercept for h in headers], dtype=np.float64),
-        echo_number=[h.echo_number for h in headers],
-        echo_time=[h.echo_time for h in headers],
-        thickness_mm=thickness,
-        multiframe=any(h.source[1] is not None for h in headers),
-    )
-
-
-_GEOMETRY_TAGS = {
-    "position": "ImagePositionPatient",
-    "orientation": "ImageOrientationPatient",
-    "pixel_spacing": "PixelSpacing",
-}
-
-
-def _refuse_packed(ds: Dataset, name: str) -> None:
-    """Refuse single images that hold several slices."""
-    image_type = ds.get("ImageType") or []
-    image_type = [image_type] if isinstance(image_type, str) else image_type
-    if "MOSAIC" in (str(value).upper() for value in image_type):
-        raise DicomError(
-            "multiframe",
-            f"{name}: Siemens mosaic (several slices tiled in one image); dcm2niix unpacks "
-            "mosaics, myoflow does not",
-        )
-    frames = _first_int(ds.get("NumberOfFrames"))
-    if frames is not None and frames > 1:
-        raise DicomError(
-            "multiframe",
-            f"{name}: {frames} frames without PerFrameFunctionalGroupsSequence, so the "
-            "frames have no positions",
-        )
-
-
-def _single_frame(ds: Dataset, name: str) -> _Header:
-    return _Header(
-        name,
-        (ds, None),
-        _floats(ds.get("ImagePositionPatient"), 3),
-        _floats(ds.get("ImageOrientationPatient"), 6),
-        _floats(ds.get("PixelSpacing"), 2),
-        (_first_int(ds.get("Rows")) or 0, _first_int(ds.get("Columns")) or 0),
-        # A zero slope is invalid; dcm2niix reads it as 1, and so do we.
-        _optional_float(ds.get("RescaleSlope")) or 1.0,
-        _optional_float(ds.get("RescaleIntercept")) or 0.0,
-        _first_int(ds.get("EchoNumbers")),
-        _optional_float(ds.get("EchoTime")),
-        _optional_float(ds.get("SliceThickness")),
-    )
-
-
-def _enhanced_frames(ds: Dataset, name: str) -> list[_Header]:
-    """Header rows of an enhanced multi-frame file, one per frame.
-
-    Each functional group macro is looked up in the frame's item of
-    PerFrameFunctionalGroupsSequence first, then in SharedFunctionalGroupsSequence.
-    """
-    per_frame = ds.PerFrameFunctionalGroupsSequence
-    count = _first_int(ds.get("NumberOfFrames")) or 1
-    if len(per_frame) != count:
-        raise DicomError(
-            "multiframe",
-            f"{name}: NumberOfFrames is {count} but PerFrameFunctionalGroupsSequence has "
-            f"{len(per_frame)} items",
-        )
-    shared_seq = ds.get("SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq else Dataset()
-    size = (_first_int(ds.get("Rows")) or 0, _first_int(ds.get("Columns")) or 0)
-    headers = []
-    for index, item in enumerate(per_frame):
-
-        def macro(keyword: str, item: Dataset = item) -> Dataset:
-            sequence = item.get(keyword) or shared.get(keyword)
-            return sequence[0] if sequence else Dataset()
-
-        measures = macro("PixelMeasuresSequence")
-        values = macro("PixelValueTransformationSequence")
-        slope = _optional_float(values.get("RescaleSlope", ds.get("RescaleSlope")))
-        intercept = _optional_float(values.get("RescaleIntercept", ds.get("RescaleIntercept")))
-        headers.append(
-            _Header(
-                f"{name} frame {index + 1}",
-                (ds, index),
-                _floats(macro("PlanePositionSequence").get("ImagePositionPatient"), 3),
-                _floats(macro("PlaneOrientationSequence").get("ImageOrientationPatient"), 6),
-                _floats(measures.get("PixelSpacing"), 2),
-                size,
-                slope or 1.0,
-                intercept or 0.0,
-                None,  # enhanced MR has no per-frame EchoNumbers; echo times split echoes
-                _optional_float(macro("MREchoSequence").get("EffectiveEchoTime")),
-                _optional_float(measures.get("SliceThickness")),
-            )
-        )
-    return headers
-
-
 # --- checks ----------------------------------------------------------------------------
 
 
-def _check_consistent(frames: _Frames) -> None:
+def _check_consistent(frames: Frames) -> None:
     """Refuse malformed direction cosines and slices that disagree on orientation or size."""
     orientation = frames.orientation
     rows, cols = orientation[:, :3], orientation[:, 3:]
@@ -428,13 +196,13 @@ def _check_consistent(frames: _Frames) -> None:
         )
 
 
-def _size_text(frames: _Frames, n: int) -> str:
+def _size_text(frames: Frames, n: int) -> str:
     rows, cols = frames.size[n]
     dy, dx = frames.pixel_spacing[n]
     return f"{rows} rows x {cols} columns of {dy:g} x {dx:g} mm"
 
 
-def _split_echoes(frames: _Frames) -> list[tuple[int | None, np.ndarray]]:
+def _split_echoes(frames: Frames) -> list[tuple[int | None, np.ndarray]]:
     """Return (echo, frame indices) per echo; a single (None, all) when one echo."""
     everything = [(None, np.arange(len(frames.names)))]
     numbers = frames.echo_number
@@ -455,13 +223,13 @@ def _split_echoes(frames: _Frames) -> list[tuple[int | None, np.ndarray]]:
     ]
 
 
-def _normal(frames: _Frames) -> np.ndarray:
+def _normal(frames: Frames) -> np.ndarray:
     row, col = frames.orientation[0, :3], frames.orientation[0, 3:]
     normal = np.cross(row / np.linalg.norm(row), col / np.linalg.norm(col))
     return normal / np.linalg.norm(normal)
 
 
-def _slice_order(frames: _Frames, members: np.ndarray) -> np.ndarray:
+def _slice_order(frames: Frames, members: np.ndarray) -> np.ndarray:
     """Sort ``members`` along the normal, check the stack, return the sorted frame indices."""
     normal = _normal(frames)
     order = members[np.argsort(frames.position[members] @ normal, kind="stable")]
@@ -523,7 +291,7 @@ def _check_unsheared(names: list[str], shift_mm: np.ndarray, step_mm: float) -> 
         )
 
 
-def _affine(frames: _Frames, order: np.ndarray) -> np.ndarray:
+def _affine(frames: Frames, order: np.ndarray) -> np.ndarray:
     """Voxel (i, j, k) -> LPS mm: i along the row direction, j down the columns."""
     row, col = frames.orientation[order[0], :3], frames.orientation[order[0], 3:]
     row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
@@ -546,7 +314,7 @@ def _affine(frames: _Frames, order: np.ndarray) -> np.ndarray:
 # --- pixels ----------------------------------------------------------------------------
 
 
-def _stack(frames: _Frames, order: np.ndarray) -> np.ndarray:
+def _stack(frames: Frames, order: np.ndarray) -> np.ndarray:
     """Decode and rescale the frames in ``order`` into one float32 (ni, nj, nk) array."""
     rows, cols = (int(v) for v in frames.size[order[0]])
     stack = np.empty((order.size, rows, cols), dtype=np.float32)  # C order: k, j, i
@@ -603,9 +371,9 @@ def _native_pixels(ds: Dataset, name: str, count: int, rows: int, cols: int) -> 
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
         return None
-    allocated = _first_int(ds.get("BitsAllocated"))
-    stored = _first_int(ds.get("BitsStored")) or allocated
-    signed = _first_int(ds.get("PixelRepresentation")) == 1
+    allocated = first_int(ds.get("BitsAllocated"))
+    stored = first_int(ds.get("BitsStored")) or allocated
+    signed = first_int(ds.get("PixelRepresentation")) == 1
     if allocated not in (8, 16, 32) or (signed and stored != allocated):
         return None
     dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")

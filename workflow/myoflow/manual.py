@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from myoflow.errors import MyoflowError, ParticipantExcluded
-from myoflow.metrics import MUSCLES, read_labels, voxel_geometry
+from myoflow.label_grid import voxel_geometry
+from myoflow.metrics import MUSCLES, read_labels
 from myoflow.overlap import labels_on_grid, score_participant
 from myoflow.participant_files import ParticipantFiles
 from myoflow.participants import PARTICIPANT_ID_PATTERN

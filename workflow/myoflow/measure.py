@@ -59,15 +59,9 @@ from myoflow.hips import (
     require_members,
 )
 from myoflow.hips import upstream_exclusion as _upstream
+from myoflow.label_grid import MetricsError, Value
 from myoflow.landmarks import read_landmarks
-from myoflow.metrics import (
-    MetricsError,
-    Value,
-    metric_keys,
-    participant_metrics,
-    read_labels,
-    write_metrics,
-)
+from myoflow.metrics import metric_keys, participant_metrics, read_labels, write_metrics
 from myoflow.overlay import participant_overlay
 from myoflow.participant_files import ParticipantFiles
 from myoflow.qc import QcError, QcSettings, participant_flags, qc_status, write_flags

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from myoflow import __version__
-from myoflow.analysis import AnalysisSettings, read_tables
+from myoflow.analysis import AnalysisSettings
+from myoflow.analysis_tables import read_tables
 from myoflow.cohort import GatherSettings
 from myoflow.io import write_text
 from myoflow.stats import describe
@@ -85,7 +86,7 @@ class ReportInputs:
     """Everything the page shows.
 
     Attributes:
-        tables: the analysis tables by name (:func:`myoflow.analysis.read_tables`).
+        tables: the analysis tables by name (:func:`myoflow.analysis_tables.read_tables`).
         figures: the figures in order.
         config: the workflow configuration as run.
         model_card: the segmentation model's card, or ``None`` if there is none.

@@ -6,13 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from myoflow.analysis import (
-    AnalysisSettings,
-    read_analysis_cohort,
-    read_profiles,
-    run_analysis,
-    write_tables,
-)
+from myoflow.analysis import AnalysisSettings, run_analysis
+from myoflow.analysis_tables import read_analysis_cohort, read_profiles, write_tables
 from myoflow.commands.gather import json_object
 from myoflow.io import read_tsv
 

@@ -7,13 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from myoflow.cohort import (
-    GatherSettings,
-    gather_cohort,
-    read_cohort_inputs,
-    write_cohort,
-    write_exclusions,
-)
+from myoflow.cohort import GatherSettings, gather_cohort, write_cohort, write_exclusions
+from myoflow.cohort_inputs import read_cohort_inputs
 from myoflow.io import write_tsv
 from myoflow.participants import load_sheet, validate_sheet
 from myoflow.shards import assign_shards

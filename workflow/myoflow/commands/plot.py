@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from myoflow.analysis import AnalysisSettings, read_tables
+from myoflow.analysis import AnalysisSettings
+from myoflow.analysis_tables import read_tables
 from myoflow.cohort_figures import POINT_COLUMNS, cohort_figures, write_figures
 from myoflow.commands.gather import json_object
 

@@ -240,7 +240,7 @@ def participant_voxels(
     import torch
 
     from myoflow.crop import crop_participant
-    from myoflow.metrics import voxel_geometry
+    from myoflow.label_grid import voxel_geometry
     from myoflow.model.predict import model_labels, predict_probabilities
     from myoflow.model.registry import crop_spec
     from myoflow.model.samples import participant_hips, read_channels, read_label_map

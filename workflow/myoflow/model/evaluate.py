@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from myoflow.errors import ParticipantExcluded
+from myoflow.label_grid import voxel_geometry
 from myoflow.landmarks import HipLandmarks
-from myoflow.metrics import voxel_geometry
 from myoflow.model.registry import crop_spec
 from myoflow.model.samples import (
     TrainingPair,

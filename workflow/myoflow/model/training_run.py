@@ -26,11 +26,11 @@ from myoflow.model.evaluate import Segmenter, evaluate, render_model_card
 from myoflow.model.registry import build_model, check_config, crop_spec, parameter_count
 from myoflow.model.samples import (
     TrainingPair,
-    check_labels,
     hash_inputs,
     prepare_pairs,
     training_data_sha256,
 )
+from myoflow.model.targets import check_labels
 from myoflow.model.train import (
     CHECKPOINT_FILE,
     Progress,

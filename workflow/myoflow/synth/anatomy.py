@@ -1,9 +1,10 @@
-"""The phantom's bones and muscles, placed on a real body and sized to exact targets.
+"""The phantom's muscles and organs, placed on a real body and sized to exact targets.
 
-Positions come from the participant's own landmarks: the real hip joint centres of the
-atlas body (scaled to the participant), and the posterior skin line of the real body
-outline, which gives the spine its lordosis and keeps the gluteus maximus under the skin.
-Distances along the body scale with height (``k = height / 170 cm``).
+Positions come from the participant's own landmarks (:mod:`myoflow.synth.body_frame`:
+the real hip joint centres of the atlas body, scaled to the participant, and the
+posterior skin line of the real body outline); the bones are built in
+:mod:`myoflow.synth.skeleton`. Distances along the body scale with height
+(``k = height / 170 cm``). :data:`LABELS` gives the ground-truth label values.
 
 Painting order is priority: later shapes win where shapes overlap. Target muscles come
 last, so neighbours never eat into them and their volumes are set by calibration alone:
@@ -15,13 +16,19 @@ anatomy, not intensity, separates them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from myoflow.synth import psoas_profile
+from myoflow.synth.body_frame import (
+    DIAPHRAGM_ABOVE_HIP_MM,
+    BodyFrame,
+    axis_angle,
+    side_x,
+    spine_y,
+)
 from myoflow.synth.geometry import Grid
 from myoflow.synth.shapes import EllipseStack, paint, stack, subsample_centres
+from myoflow.synth.skeleton import iliac_wing, pelvis_and_femur_shapes, spine_shapes
 
 SIDES = ("left", "right")
 TARGET_MUSCLES = ("gluteus_maximus", "gluteus_medius", "gluteus_minimus", "iliacus", "psoas_major")
@@ -41,286 +48,7 @@ LABELS = {
 }
 """Ground-truth label values (iliopsoas = psoas major + iliacus of one side)."""
 
-CORTEX_MM = 3.0
-DIAPHRAGM_ABOVE_HIP_MM = 360.0  # at 170 cm
 PSOAS_ASPECT = 1.25  # lateral over antero-posterior semi-axis of the psoas cross-section
-
-
-@dataclass(frozen=True)
-class BodyFrame:
-    """Where the participant's skeleton sits: hips, midline and skin measurements."""
-
-    k: float  # skeletal scale, height / 170 cm
-    hip_left: np.ndarray  # LPS mm
-    hip_right: np.ndarray
-    shoulder_z_mm: float
-    sat_mm: float
-    posterior_skin_y: np.ndarray  # (nx, nz) LPS y of the posterior body edge, NaN where none
-    grid: Grid
-    interior: np.ndarray  # bool grid: inside the body, under the subcutaneous fat
-
-    @property
-    def x_mid(self) -> float:
-        return float((self.hip_left[0] + self.hip_right[0]) / 2)
-
-    @property
-    def z_hip(self) -> float:
-        return float((self.hip_left[2] + self.hip_right[2]) / 2)
-
-    def hip(self, side: str) -> np.ndarray:
-        return self.hip_left if side == "left" else self.hip_right
-
-    def skin_y(self, x_mm: np.ndarray, z_mm: np.ndarray) -> np.ndarray:
-        """Posterior skin y (mm) at columns x and heights z, smoothed along z."""
-        g = self.grid
-        i = np.clip(
-            np.rint((np.asarray(x_mm) - g.origin_lps_mm[0]) / g.spacing_mm[0]).astype(int),
-            0,
-            g.shape[0] - 1,
-        )
-        z_axis = g.axis_mm(2)
-        y = np.empty(np.broadcast(i, np.asarray(z_mm)).shape)
-        for n, (ii, zz) in enumerate(np.broadcast(i, np.asarray(z_mm))):
-            near = np.abs(z_axis - zz) <= 15.0  # median over +-15 mm tames atlas jaggedness
-            y.flat[n] = np.nanmedian(self.posterior_skin_y[ii, near]) if near.any() else np.nan
-        return y
-
-
-def posterior_skin(body: np.ndarray, grid: Grid) -> np.ndarray:
-    """LPS y (mm) of the most posterior body voxel edge per (x column, slice); NaN if none."""
-    ny = body.shape[1]
-    any_body = body.any(axis=1)
-    last = ny - 1 - np.argmax(body[:, ::-1, :], axis=1)
-    y = grid.origin_lps_mm[1] + (last + 0.5) * grid.spacing_mm[1]
-    return np.where(any_body, y, np.nan)
-
-
-def _x(frame: BodyFrame, sign: float, u: np.ndarray | float) -> np.ndarray:
-    """World x of a lateral offset ``u`` from the midline on one side (+1 left, -1 right)."""
-    return frame.x_mid + sign * np.asarray(u, dtype=float)
-
-
-def _theta(sign: float, du: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """World rotation of an axis pointing (du lateral, dy posterior)."""
-    return np.arctan2(dy, sign * du)
-
-
-def spine_y(frame: BodyFrame, h: np.ndarray) -> np.ndarray:
-    """LPS y (mm) of the vertebral body centre at heights ``h`` above the hips.
-
-    The spine follows the real posterior skin line at a depth of subcutaneous fat plus
-    the back muscles and posterior elements, which reproduces each body's lordosis.
-    """
-    k = frame.k
-    sat_back = 0.6 * frame.sat_mm
-    depth = np.interp(
-        h, [-40 * k, 60 * k, 130 * k], [sat_back + 22 * k, sat_back + 30 * k, sat_back + 65 * k]
-    )
-    y_skin = frame.skin_y(np.full(np.shape(h), frame.x_mid), frame.z_hip + h)
-    fallback = frame.hip_left[1] + 40 * k
-    return np.where(np.isfinite(y_skin), y_skin - depth, fallback)
-
-
-@dataclass(frozen=True)
-class Wing:
-    """The iliac wing of one side at control heights: centre, direction and thickness."""
-
-    h: np.ndarray
-    centre_u: np.ndarray
-    centre_y: np.ndarray
-    half_length: np.ndarray
-    half_thickness: np.ndarray
-    dir_u: np.ndarray  # unit vector from the sacro-iliac end to the anterior spine
-    dir_y: np.ndarray
-
-    def inner_normal(self) -> tuple[np.ndarray, np.ndarray]:
-        """Unit normal into the pelvis (medial and anterior), in (u, y)."""
-        return self.dir_y, -self.dir_u
-
-
-def iliac_wing(frame: BodyFrame, side: str) -> Wing:
-    """Axial cross-sections of the ilium from the acetabular roof to the iliac crest."""
-    k = frame.k
-    hip = frame.hip(side)
-    u_h = abs(hip[0] - frame.x_mid)
-    y_h = hip[1]
-    h = np.array([30, 60, 110, 160, 172]) * k
-    post_u = np.array([u_h - 20 * k, 55 * k, 45 * k, 55 * k, u_h])
-    post_y = y_h + np.array([25, 45, 50, 45, 30]) * k
-    ant_u = np.array([u_h + 22 * k, u_h + 15 * k, u_h + 38 * k, u_h + 48 * k, u_h + 25 * k])
-    ant_y = y_h + np.array([-20, -40, -22, 0, 10]) * k
-    du, dy = ant_u - post_u, ant_y - post_y
-    length = np.hypot(du, dy)
-    return Wing(
-        h=h,
-        centre_u=(post_u + ant_u) / 2,
-        centre_y=(post_y + ant_y) / 2,
-        half_length=length / 2,
-        half_thickness=np.array([16, 9, 7, 6, 4]) * k,
-        dir_u=du / length,
-        dir_y=dy / length,
-    )
-
-
-def _bone(outer: EllipseStack) -> list[EllipseStack]:
-    """Cortex and the fatty marrow inside it (marrow painted over the cortex)."""
-    inner = EllipseStack(
-        outer.name + "_marrow",
-        "marrow",
-        outer.z_mm,
-        outer.cx_mm,
-        outer.cy_mm,
-        np.maximum(outer.a_mm - CORTEX_MM, 0.0),
-        np.maximum(outer.b_mm - CORTEX_MM, 0.0),
-        outer.theta,
-    )
-    return [outer, inner]
-
-
-def spine_shapes(frame: BodyFrame) -> list[EllipseStack]:
-    """Lumbar/thoracic/cervical column with discs, posterior elements and the sacrum."""
-    k, zc = frame.k, frame.z_hip
-    top = frame.grid.axis_mm(2)[-1] + 10 - zc
-    h = np.linspace(115 * k, top, 40)
-    y = spine_y(frame, h)
-    a = np.interp(h, [115 * k, 300 * k, 500 * k, 650 * k], [24 * k, 20 * k, 16 * k, 12 * k])
-    b = np.interp(h, [115 * k, 300 * k, 500 * k, 650 * k], [18 * k, 16 * k, 14 * k, 9 * k])
-    column = stack("vertebrae", "bone", zc + h, frame.x_mid, y, a, b)
-    shapes = _bone(column)
-    # Intervertebral discs every 37 mm (at 170 cm), starting at L5-S1.
-    for n, h_disc in enumerate(np.arange(115 * k, top, 37 * k)):
-        y_d = float(spine_y(frame, np.array([h_disc]))[0])
-        a_d, b_d = np.interp(h_disc, h, a), np.interp(h_disc, h, b)
-        shapes.append(
-            stack(
-                f"disc_{n}",
-                "disc",
-                zc + h_disc + np.array([-4.5, 4.5]) * k,
-                frame.x_mid,
-                y_d,
-                a_d,
-                b_d,
-            )
-        )
-    shapes.append(
-        stack("posterior_elements", "bone", zc + h, frame.x_mid, y + b + 18 * k, 10 * k, 15 * k)
-    )
-    h_s = np.array([-25, 20, 70, 115]) * k
-    y_s = spine_y(frame, h_s)
-    sacrum = stack(
-        "sacrum",
-        "bone",
-        zc + h_s,
-        frame.x_mid,
-        y_s,
-        np.array([8, 25, 42, 50]) * k,
-        np.array([7, 12, 18, 19]) * k,
-        dense=20,
-    )
-    return [*shapes, *_bone(sacrum)]
-
-
-def pelvis_and_femur_shapes(frame: BodyFrame, side: str) -> list[EllipseStack]:
-    """Ilium, ischium, pubis, femoral head, neck, trochanters and shaft of one side."""
-    k, sign = frame.k, (1.0 if side == "left" else -1.0)
-    hip = frame.hip(side)
-    u_h, y_h, z_h = abs(hip[0] - frame.x_mid), hip[1], hip[2]
-    wing = iliac_wing(frame, side)
-    theta = _theta(sign, wing.dir_u, wing.dir_y)
-    shapes = _bone(
-        stack(
-            f"ilium_{side}",
-            "bone",
-            z_h + wing.h,
-            _x(frame, sign, wing.centre_u),
-            wing.centre_y,
-            wing.half_length,
-            wing.half_thickness,
-            theta,
-            dense=30,
-        ),
-    )
-    radius = 24 * k
-    h_head = np.linspace(-radius, radius, 25)
-    r_head = np.sqrt(np.maximum(radius**2 - h_head**2, 0.0))
-    shapes += _bone(
-        stack(f"femoral_head_{side}", "bone", z_h + h_head, hip[0], y_h, r_head, r_head),
-    )
-    neck_h = np.array([5, -10, -30]) * k
-    shapes += _bone(
-        stack(
-            f"femoral_neck_{side}",
-            "bone",
-            z_h + neck_h,
-            _x(frame, sign, u_h + np.array([12, 28, 42]) * k),
-            y_h + 5 * k,
-            17 * k,
-            14 * k,
-            _theta(sign, 1.0, 0.15),
-        ),
-    )
-    bottom = frame.grid.axis_mm(2)[0] - 10 - z_h
-    shaft_h = np.array([-30 * k, -120 * k, -250 * k, bottom])
-    shaft_u = u_h + np.array([44, 38, 25, 8]) * k
-    shapes += _bone(
-        stack(
-            f"femur_{side}",
-            "bone",
-            z_h + shaft_h,
-            _x(frame, sign, shaft_u),
-            y_h + np.array([5, 3, 0, -5]) * k,
-            14 * k,
-            14 * k,
-            dense=20,
-        ),
-    )
-    shapes += _bone(
-        stack(
-            f"greater_trochanter_{side}",
-            "bone",
-            z_h + np.array([-38, -15, 8]) * k,
-            _x(frame, sign, u_h + 55 * k),
-            y_h + 8 * k,
-            np.array([14, 16, 9]) * k,
-            np.array([16, 18, 10]) * k,
-        ),
-    )
-    shapes += _bone(
-        stack(
-            f"lesser_trochanter_{side}",
-            "bone",
-            z_h + np.array([-70, -58, -46]) * k,
-            _x(frame, sign, u_h + 30 * k),
-            y_h + 14 * k,
-            np.array([6, 10, 6]) * k,
-            np.array([6, 10, 6]) * k,
-        ),
-    )
-    shapes += _bone(
-        stack(
-            f"ischium_{side}",
-            "bone",
-            z_h + np.array([-60, -30, -5]) * k,
-            _x(frame, sign, u_h - np.array([15, 8, 5]) * k),
-            y_h + np.array([35, 32, 28]) * k,
-            14 * k,
-            16 * k,
-        ),
-    )
-    pubis_u = (u_h - 25 * k + 10 * k) / 2
-    shapes += _bone(
-        stack(
-            f"pubis_{side}",
-            "bone",
-            z_h + np.array([-28, -15, -4]) * k,
-            _x(frame, sign, pubis_u),
-            y_h - 28 * k,
-            (u_h - 35 * k) / 2 + 6 * k,
-            9 * k,
-            _theta(sign, 1.0, 0.2),
-        ),
-    )
-    return shapes
 
 
 def psoas(frame: BodyFrame, side: str, csa_max_cm2: float, height_cm: float) -> EllipseStack:
@@ -364,7 +92,7 @@ def psoas(frame: BodyFrame, side: str, csa_max_cm2: float, height_cm: float) -> 
         f"psoas_major_{side}",
         f"psoas_major_{side}",
         z,
-        _x(frame, sign, u),
+        side_x(frame, sign, u),
         y,
         a,
         b,
@@ -389,18 +117,18 @@ def iliacus(frame: BodyFrame, side: str, psoas_shape: EllipseStack) -> EllipseSt
     theta = np.zeros_like(h)
     u[on_wing] = np.interp(hw, wing.h, wing.centre_u) + np.interp(hw, wing.h, n_u) * offset
     y[on_wing] = np.interp(hw, wing.h, wing.centre_y) + np.interp(hw, wing.h, n_y) * offset
-    theta[on_wing] = _theta(
+    theta[on_wing] = axis_angle(
         sign, np.interp(hw, wing.h, wing.dir_u), np.interp(hw, wing.h, wing.dir_y)
     )
     cx_ps, cy_ps, a_ps, _, _ = psoas_shape.at(z_h + h[~on_wing])
     u[~on_wing] = np.abs(cx_ps - frame.x_mid) + a_ps * 0.6 + 10 * k
     y[~on_wing] = cy_ps - 3 * k
-    theta[~on_wing] = _theta(sign, 1.0, 0.0)
+    theta[~on_wing] = axis_angle(sign, 1.0, 0.0)
     return stack(
         f"iliacus_{side}",
         f"iliacus_{side}",
         z_h + h,
-        _x(frame, sign, u),
+        side_x(frame, sign, u),
         y,
         a,
         b,
@@ -423,7 +151,7 @@ def gluteals(frame: BodyFrame, side: str) -> list[EllipseStack]:
         return (
             np.interp(h, wing.h, wing.centre_u) - np.interp(h, wing.h, n_u) * t,
             np.interp(h, wing.h, wing.centre_y) - np.interp(h, wing.h, n_y) * t,
-            _theta(sign, np.interp(h, wing.h, wing.dir_u), np.interp(h, wing.h, wing.dir_y)),
+            axis_angle(sign, np.interp(h, wing.h, wing.dir_u), np.interp(h, wing.h, wing.dir_y)),
         )
 
     def muscle(name, h, a, b, extra, low_u, low_y):
@@ -434,12 +162,12 @@ def gluteals(frame: BodyFrame, side: str) -> list[EllipseStack]:
         u[upper], y[upper], theta[upper] = on_outer_surface(h[upper], b[upper], extra[upper])
         u[~upper] = u_h + np.asarray(low_u) * k
         y[~upper] = y_h + np.asarray(low_y) * k
-        theta[~upper] = _theta(sign, 0.3, 1.0)
+        theta[~upper] = axis_angle(sign, 0.3, 1.0)
         return stack(
             f"{name}_{side}",
             f"{name}_{side}",
             z_h + h,
-            _x(frame, sign, u),
+            side_x(frame, sign, u),
             y,
             a,
             b,
@@ -478,15 +206,15 @@ def gluteals(frame: BodyFrame, side: str) -> list[EllipseStack]:
     )
     a = np.array([20, 35, 50, 58, 60, 52, 38, 15]) * k
     b = np.array([10, 18, 24, 28, 28, 24, 18, 8]) * k
-    skin = frame.skin_y(_x(frame, sign, u), z_h + h)
+    skin = frame.skin_y(side_x(frame, sign, u), z_h + h)
     sat = 1.15 * frame.sat_mm
     y = np.where(np.isfinite(skin), skin - sat - 0.9 * b, y_h + 70 * k)
-    theta = _theta(sign, np.cos(np.radians(25)), -np.sin(np.radians(25))) * np.ones_like(h)
+    theta = axis_angle(sign, np.cos(np.radians(25)), -np.sin(np.radians(25))) * np.ones_like(h)
     maximus = stack(
         f"gluteus_maximus_{side}",
         f"gluteus_maximus_{side}",
         z_h + h,
-        _x(frame, sign, u),
+        side_x(frame, sign, u),
         y,
         a,
         b,
@@ -507,7 +235,7 @@ def neighbour_muscles(frame: BodyFrame, side: str, psoas_shape: EllipseStack) ->
     a_es = np.interp(h_es, [30 * k, 200 * k, 450 * k], [18 * k, 24 * k, 16 * k])
     b_es = np.interp(h_es, [30 * k, 200 * k, 450 * k], [14 * k, 20 * k, 13 * k])
     erector = stack(
-        f"erector_spinae_{side}", "muscle", zc + h_es, _x(frame, sign, 30 * k), y_es, a_es, b_es
+        f"erector_spinae_{side}", "muscle", zc + h_es, side_x(frame, sign, 30 * k), y_es, a_es, b_es
     )
     h_ql = np.linspace(150 * k, 300 * k, 12)
     cx_ps, cy_ps, a_ps, b_ps, _ = psoas_shape.at(zc + h_ql)
@@ -516,21 +244,21 @@ def neighbour_muscles(frame: BodyFrame, side: str, psoas_shape: EllipseStack) ->
         f"quadratus_lumborum_{side}",
         "muscle",
         zc + h_ql,
-        _x(frame, sign, u_ql),
+        side_x(frame, sign, u_ql),
         cy_ps + b_ps + 8 * k,
         20 * k,
         10 * k,
-        _theta(sign, 1.0, 0.35),
+        axis_angle(sign, 1.0, 0.35),
     )
     piriformis = stack(
         f"piriformis_{side}",
         "muscle",
         zc + np.array([70, 40, 15]) * k,
-        _x(frame, sign, np.array([42 * k, u_h - 5 * k, u_h + 38 * k])),
+        side_x(frame, sign, np.array([42 * k, u_h - 5 * k, u_h + 38 * k])),
         y_h + np.array([50, 38, 22]) * k,
         np.array([22, 26, 18]) * k,
         10 * k,
-        _theta(sign, 1.0, -0.4),
+        axis_angle(sign, 1.0, -0.4),
     )
     return [erector, ql, piriformis]
 

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import ndtr, ndtri
 
-from myoflow.synth.anatomy import DIAPHRAGM_ABOVE_HIP_MM, BodyFrame
+from myoflow.synth.body_frame import DIAPHRAGM_ABOVE_HIP_MM, BodyFrame
 from myoflow.synth.geometry import Grid
 from myoflow.synth.tissues import water_fat
 

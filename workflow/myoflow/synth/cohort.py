@@ -30,10 +30,11 @@ import pandas as pd
 
 from myoflow import __version__
 from myoflow.io import save_nifti, write_json, write_tsv
-from myoflow.synth import atlas, corrupt, effects, phenotypes, psoas_profile
+from myoflow.synth import atlas, corrupt, phenotypes, psoas_profile
 from myoflow.synth.anatomy import LABELS
 from myoflow.synth.dicom_writer import PatientInfo, SeriesInfo, write_series, zip_directory
 from myoflow.synth.geometry import Protocol, protocol
+from myoflow.synth.planted import planted_effects
 from myoflow.synth.render import render_participant
 from myoflow.synth.rng import participant_rng
 from myoflow.synth.signal import (
@@ -496,5 +497,5 @@ def manifest(spec: CohortSpec) -> dict:
             "iliopsoas_left": ["psoas_major_left", "iliacus_left"],
             "iliopsoas_right": ["psoas_major_right", "iliacus_right"],
         },
-        "planted_effects": effects.planted_effects(spec.protocol),
+        "planted_effects": planted_effects(spec.protocol),
     }

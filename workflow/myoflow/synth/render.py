@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from myoflow.synth import atlas, labelmap
-from myoflow.synth.anatomy import LABELS, BodyFrame, build_shapes, posterior_skin
+from myoflow.synth.anatomy import LABELS, build_shapes
 from myoflow.synth.body import body_layer, inside_distance_mm, sat_profile_mm
+from myoflow.synth.body_frame import BodyFrame, posterior_skin
 from myoflow.synth.geometry import Grid
 from myoflow.synth.shapes import EllipseStack, block_mean, render_chunks
 from myoflow.synth.tissues import water_fat
