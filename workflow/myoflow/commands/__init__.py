@@ -8,12 +8,41 @@ the modules in ``COMMANDS``; adding a command is one new module and one line the
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
 from myoflow.participants import load_sheet, resolve_dicom_path, validate_sheet
 from myoflow.shards import assign_shards, shard_members
+
+Settings = TypeVar("Settings")
+
+
+def json_section(
+    option: str,
+    from_config: Callable[[dict], Settings],
+    errors: tuple[type[Exception], ...],
+) -> Callable[[str], Settings]:
+    """An argparse ``type`` for ``option``: a config section passed as a JSON object (as
+    the rules pass it) and turned into settings by ``from_config``; its ``errors`` become
+    argparse's usage errors, which name the option."""
+
+    def parse(text: str) -> Settings:
+        try:
+            section = json.loads(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{option} is not JSON: {err}") from err
+        if not isinstance(section, dict):
+            raise argparse.ArgumentTypeError(f"{option} must be a JSON object")
+        try:
+            return from_config(section)
+        except errors as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+
+    return parse
 
 
 def add_shard_arguments(parser: argparse.ArgumentParser, table: str) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from myoflow.commands import add_shard_arguments, shard_members_of
+from myoflow.commands import add_shard_arguments, json_section, shard_members_of
 from myoflow.convert import IngestSettings, SettingsError, convert_shard
 from myoflow.io import read_tsv, write_tsv
 
@@ -36,26 +35,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--ingest",
-        type=_settings,
+        type=json_section("--ingest", IngestSettings.from_config, (SettingsError, ValueError)),
         default=IngestSettings(),
         metavar="JSON",
         help="the config's ingest section as JSON (channel rules, protocols, grid); "
         "default: the shipped UK Biobank and NAKO rules and the UK Biobank grid",
     )
     parser.set_defaults(func=run)
-
-
-def _settings(text: str) -> IngestSettings:
-    try:
-        ingest = json.loads(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--ingest is not JSON: {err}") from err
-    if not isinstance(ingest, dict):
-        raise argparse.ArgumentTypeError("--ingest must be a JSON object")
-    try:
-        return IngestSettings.from_config(ingest)
-    except (SettingsError, ValueError) as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def run(args: argparse.Namespace) -> int:

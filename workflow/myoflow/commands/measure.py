@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from myoflow.commands import add_shard_arguments, shard_members_of
+from myoflow.commands import add_shard_arguments, json_section, shard_members_of
 from myoflow.io import read_tsv
 from myoflow.measure import measure_shard, write_tables
 from myoflow.qc import QcError, QcSettings
@@ -56,26 +55,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--qc",
-        type=_settings,
+        type=json_section("--qc", QcSettings.from_config, (QcError, TypeError, ValueError)),
         default=QcSettings(),
         metavar="JSON",
         help="the config's qc section as JSON (thresholds, severities, keep_warnings); "
         "default: the shipped settings",
     )
     parser.set_defaults(func=run)
-
-
-def _settings(text: str) -> QcSettings:
-    try:
-        section = json.loads(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--qc is not JSON: {err}") from err
-    if not isinstance(section, dict):
-        raise argparse.ArgumentTypeError("--qc must be a JSON object")
-    try:
-        return QcSettings.from_config(section)
-    except (QcError, TypeError, ValueError) as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def run(args: argparse.Namespace) -> int:
