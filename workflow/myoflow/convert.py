@@ -42,7 +42,7 @@ from myoflow.acquisition import acquisition_record
 from myoflow.dicom import ORIENTATION_TOL, group_by_series, series_volumes
 from myoflow.dicom_errors import DicomError
 from myoflow.errors import MyoflowError, ParticipantExcluded
-from myoflow.exclusions import clear_exclusion, write_exclusion
+from myoflow.exclusions import clear_exclusion, record_exclusion
 from myoflow.grid import Grid
 from myoflow.io import write_json
 from myoflow.participant_files import ParticipantFiles
@@ -430,13 +430,7 @@ def _convert_one(
         prepared = prepare_participant(dicom_path, settings)
     except ParticipantExcluded as excluded:
         files.remove_outputs()
-        write_exclusion(files.exclusion, participant_id, STAGE, excluded)
-        return {
-            "status": "excluded",
-            "stage": STAGE,
-            "reason": excluded.reason,
-            "detail": excluded.detail,
-        }
+        return record_exclusion(files.exclusion, participant_id, STAGE, excluded)
     files.acquisition.unlink(missing_ok=True)  # incomplete until every channel is written
     for channel in CHANNELS:
         Volume(prepared.stitched(channel), prepared.grid.affine_lps()).to_nifti(

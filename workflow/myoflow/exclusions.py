@@ -44,3 +44,22 @@ def clear_exclusion(path: str | os.PathLike[str], stage: str) -> None:
         written_by = stage  # a damaged record: let the stage replace it
     if written_by == stage:
         path.unlink(missing_ok=True)
+
+
+def exclusion_record(excluded: ParticipantExcluded, stage: str) -> dict:
+    """The status columns of a shard-table row for a participant ``stage`` excluded."""
+    return {
+        "status": "excluded",
+        "stage": stage,
+        "reason": excluded.reason,
+        "detail": excluded.detail,
+    }
+
+
+def record_exclusion(
+    path: str | os.PathLike[str], participant_id: str, stage: str, excluded: ParticipantExcluded
+) -> dict:
+    """Write the participant's ``exclusion.json`` (:func:`write_exclusion`) and return the
+    status columns of its shard-table row (:func:`exclusion_record`)."""
+    write_exclusion(path, participant_id, stage, excluded)
+    return exclusion_record(excluded, stage)

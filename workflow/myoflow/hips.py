@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from myoflow.errors import MyoflowError, ParticipantExcluded
-from myoflow.exclusions import clear_exclusion, write_exclusion
+from myoflow.exclusions import clear_exclusion, record_exclusion
 from myoflow.hip_detection import detect_hips
 from myoflow.landmarks import EXCLUSION_REASONS as LANDMARK_REASONS
 from myoflow.landmarks import SIDES, HipLandmarks, read_landmarks, write_landmarks
@@ -192,21 +192,10 @@ def _find_one(files: ParticipantFiles, participant_id: str) -> dict:
         except ValueError as err:  # a grid that is not axis-aligned in our convention
             raise ParticipantExcluded("dixon_unreadable", str(err)) from err
     except ParticipantExcluded as excluded:
-        write_exclusion(files.exclusion, participant_id, STAGE, excluded)
-        return exclusion_record(excluded, STAGE)
+        return record_exclusion(files.exclusion, participant_id, STAGE, excluded)
     write_landmarks(files.landmarks, participant_id, hips)
     clear_exclusion(files.exclusion, STAGE)
     return _found(hips)
-
-
-def exclusion_record(excluded: ParticipantExcluded, stage: str) -> dict:
-    """The status columns of a shard-table row for a participant this stage excluded."""
-    return {
-        "status": "excluded",
-        "stage": stage,
-        "reason": excluded.reason,
-        "detail": excluded.detail,
-    }
 
 
 def _found(hips: HipLandmarks) -> dict:

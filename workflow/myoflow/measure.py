@@ -51,10 +51,9 @@ import numpy as np
 import pandas as pd
 
 from myoflow.errors import MyoflowError, ParticipantExcluded
-from myoflow.exclusions import clear_exclusion, write_exclusion
+from myoflow.exclusions import clear_exclusion, record_exclusion
 from myoflow.hips import (
     STATUS_COLUMNS,
-    exclusion_record,
     read_channels,
     require_members,
 )
@@ -204,9 +203,8 @@ def _measured(
         record, flags = measure_participant(files, participant_id, settings)
     except ParticipantExcluded as excluded:
         files.remove_outputs()
-        write_exclusion(files.exclusion, participant_id, STAGE, excluded)
         return (
-            exclusion_record(excluded, STAGE),
+            record_exclusion(files.exclusion, participant_id, STAGE, excluded),
             None,
             [],
             f"excluded, {excluded.reason}: {excluded.detail}",

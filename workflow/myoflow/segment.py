@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from myoflow.errors import MyoflowError, ParticipantExcluded
-from myoflow.exclusions import clear_exclusion, write_exclusion
+from myoflow.exclusions import clear_exclusion, record_exclusion
 from myoflow.io import save_nifti, write_json
 from myoflow.landmarks import read_landmarks
 from myoflow.model import predict
@@ -238,13 +238,7 @@ def segment_one(
             )
     except ParticipantExcluded as excluded:
         files.remove_outputs()
-        write_exclusion(files.exclusion, participant_id, STAGE, excluded)
-        return {
-            "status": "excluded",
-            "stage": STAGE,
-            "reason": excluded.reason,
-            "detail": excluded.detail,
-        }
+        return record_exclusion(files.exclusion, participant_id, STAGE, excluded)
     written = time.perf_counter()
     files.segmentation.unlink(missing_ok=True)  # incomplete until the labels are written
     save_nifti(files.labels, segmentation.labels, affine, descrip="myoflow segmentation")
