@@ -12,6 +12,7 @@ from myoflow.participants import (
     validate_sheet,
 )
 from myoflow.shards import SHARD_WILDCARD, assign_shards
+from snakemake.exceptions import WorkflowError
 
 SHEET_PATH = config["participants"]
 SHEET = load_sheet(SHEET_PATH)
@@ -166,3 +167,13 @@ def training_budget(training):
     """--max-minutes when the config sets a time budget (it does not change the recipe)."""
     budget = training.get("max_minutes")
     return "" if budget is None else f"--max-minutes {budget}"
+
+
+def calibration_pairs(wildcards):
+    """The calibration pairs TSV; asked for only when the calibrate rule is wanted."""
+    if not config["training"].get("calibration_pairs"):
+        raise WorkflowError(
+            "snakemake calibrate needs config training.calibration_pairs: a pairs TSV of "
+            "annotated participants that are neither training nor held-out ones"
+        )
+    return config["training"]["calibration_pairs"]

@@ -3,19 +3,7 @@
 # (neither is part of `rule all`). The logic lives in myoflow.model.training_run and
 # myoflow.model.calibrate; see config/config.yaml.
 
-from snakemake.exceptions import WorkflowError
-
 TRAINING = config["training"]
-
-
-def calibration_pairs(wildcards):
-    """The calibration pairs TSV; asked for only when the calibrate rule is wanted."""
-    if not TRAINING.get("calibration_pairs"):
-        raise WorkflowError(
-            "snakemake calibrate needs config training.calibration_pairs: a pairs TSV of "
-            "annotated participants that are neither training nor held-out ones"
-        )
-    return TRAINING["calibration_pairs"]
 
 
 rule train:
