@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,6 +14,8 @@ import pandas as pd
 import pytest
 
 from myoflow import io
+
+BIN = Path(sys.executable).parent
 
 
 def test_failed_write_leaves_neither_file_nor_temporary(tmp_path):
@@ -74,3 +79,37 @@ def test_missing_parent_that_cannot_be_created_names_the_path(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(io.OutputError, match="cannot write .*file/sub/x.txt"):
         io.write_text(blocker / "sub" / "x.txt", "x")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs: a disk that fills up (root only; skipped where mount is refused)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace')}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_names_the_path_and_leaves_no_partial_file(full_disk):
+    target = full_disk / "big.bin"
+    with pytest.raises(io.OutputError, match=f"cannot write {target}: No space left on device"):
+        io.write_bytes(target, b"0" * 400_000)
+    assert list(full_disk.iterdir()) == []  # neither the target nor its temporary
+
+
+def test_a_command_on_a_full_disk_says_so_without_a_traceback(full_disk):
+    done = subprocess.run(
+        [str(BIN / "myoflow"), "synth", "--out", str(full_disk / "cohort"),
+         "--participants", "1", "--size", "small"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "No space left on device" in done.stderr and str(full_disk) in done.stderr
+    assert "Traceback" not in done.stderr
