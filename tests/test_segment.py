@@ -206,6 +206,13 @@ def test_rerun_skips_current_participants_and_redoes_on_new_weights_or_inputs(sh
     assert table.loc["P1", "status"] == "ok"
     assert table.loc["P1", "missing_labels"] == "psoas_major_left psoas_major_right"
     assert not (participants / "P1" / "exclusion.json").exists()
+    # same weights, recalibrated thresholds (myoflow calibrate): redone. Psoas at
+    # sigmoid(-4) = 0.018 over a threshold of 0.005 beats iliacus at 0.982 over 0.5.
+    card = json.loads((shard / "model" / "model_card.json").read_text())
+    card["config"]["thresholds"] = {"psoas_major": 0.005}
+    (shard / "model" / "model_card.json").write_text(json.dumps(card))
+    table = run_shard(shard).set_index("participant_id")
+    assert table.loc["P1", "missing_labels"] == "iliacus_left iliacus_right"
 
 
 def test_command_writes_the_shard_table_and_refuses_bad_models(shard, capsys):
