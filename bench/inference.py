@@ -208,7 +208,7 @@ def segment_all(
         cpu = time.process_time() - cpu_started
         if record["status"] != "ok":
             raise SystemExit(f"{folder.name}: {record}")
-        written = json.loads(files.record.read_text())
+        written = json.loads(files.segmentation.read_text())
         # total: the stage's steps plus, for the baseline, loading the model
         out.append(written["seconds"] | {"total": total, "cpu": cpu, "dice": _dice(folder)})
     return out
