@@ -80,11 +80,11 @@ def timed(what: str, action):
 
 
 def model_digest() -> str:
-    """The configured model's weights digest (its card's): the runs link the repository's
-    resources/, so a model replaced during the bench would make the runs disagree."""
+    """The configured model's card as text (its weights' sha256 and its thresholds): the
+    runs link the repository's resources/, so a model replaced or recalibrated during the
+    bench would make the runs disagree."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    card = REPO / config["model"]["dir"] / "model_card.json"
-    return json.loads(card.read_text())["weights_sha256"]
+    return (REPO / config["model"]["dir"] / "model_card.json").read_text()
 
 
 def cohort(folder: Path, participants: int, seed: int, bad_inputs: float = 0.0) -> Path:

@@ -18,6 +18,7 @@ from myoflow.crop import CropSpec, crop_geometry, to_crop
 from myoflow.io import read_tsv
 from myoflow.model.calibrate import (
     CalibrationError,
+    CalibrationVoxels,
     calibrate_thresholds,
     calibration_table,
     collect_voxels,
@@ -138,6 +139,22 @@ def test_calibrated_thresholds_give_each_labels_annotated_volume():
     decided = decide(collected[0].probabilities, thresholds, column_values(names))
     for value in column_values(names):
         assert np.count_nonzero(labels == value) == np.count_nonzero(decided == value) > 0
+
+
+def test_calibration_matches_volume_across_grids_of_different_voxel_size():
+    """Participants on two grids: the cut matches the annotated millilitres, not voxels."""
+    names = ["psoas_major"]
+    voxels = []
+    for pid, voxel_ml, annotated in (("fine", 1.0, 30), ("coarse", 2.0, 70)):
+        probabilities = np.zeros((100, 2), np.float32)
+        probabilities[:, 0] = np.linspace(0.99, 0.01, 100)  # the left side's column
+        truth = np.zeros(100, np.int16)
+        truth[:annotated] = LABELS["psoas_major_left"]
+        voxels.append(CalibrationVoxels(pid, probabilities, truth, np.array([annotated]), voxel_ml))
+    thresholds, _ = calibrate_thresholds(voxels, names)
+    calibrated = calibration_table(voxels, names, thresholds).iloc[-1]
+    assert calibrated["truth_ml"] == 30 * 1.0 + 70 * 2.0
+    assert abs(calibrated["predicted_ml"] - calibrated["truth_ml"]) <= 2.0  # one coarse voxel
 
 
 def test_calibration_refuses_nothing_to_calibrate_on():

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     config.pop("thresholds", None)  # calibrate the network's output, not an earlier cut
     labels = model_labels(config)
     pairs = read_pairs(args.pairs)
-    held = held_out_pairs(args, read_pairs)
+    held = held_out_pairs(args)
     overlap = sorted({p.participant_id for p in pairs} & {p.participant_id for p in held})
     if overlap:
         raise MyoflowError(f"participants both calibrate and evaluate: {overlap}")
@@ -135,9 +135,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def held_out_pairs(args: argparse.Namespace, read_pairs: Any) -> list[Any]:
+def held_out_pairs(args: argparse.Namespace) -> list[Any]:
     """The pairs of ``--held-out-pairs``: only the ``--held-out`` ids, or the ``--split``'s
     held-out ids, when given."""
+    from myoflow.model.samples import read_pairs
+
     if args.held_out_pairs is None:
         if args.held_out or args.split:
             raise MyoflowError("--held-out and --split need --held-out-pairs")

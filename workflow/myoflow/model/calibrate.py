@@ -16,8 +16,9 @@ at every voxel where some label reaches :data:`FLOOR`. The decision rule of
 :func:`myoflow.model.predict.stitch_labels` gives a voxel to label ``l`` (either side)
 when ``p_l / t_l >= max(1, r)``, ``r`` the best ratio of the other labels; so with the
 other thresholds fixed, ``l`` holds a voxel exactly when ``t_l <= p_l / max(1, r)``, and
-the threshold that gives the annotated voxel count ``N`` is the ``N``-th largest of those
-values over all participants. Sweeping the labels in turn until no threshold moves by
+the threshold that gives the annotated volume is where those values, taken from the
+largest down and each weighted by its voxel's volume (participants may lie on different
+grids), add up to it. Sweeping the labels in turn until no threshold moves by
 more than :data:`TOLERANCE` settles the interactions. The small islands and holes that
 :func:`myoflow.model.predict.clean_labels` then removes or fills are not modelled (they
 are a fraction of a percent of a muscle's volume); the held-out evaluation that follows
@@ -101,7 +102,7 @@ def collect_voxels(
     floors = [FLOOR] * n_labels
     side_column = {side: n * n_labels for n, side in enumerate(SIDES)}
     parts: list[tuple[int, np.ndarray, np.ndarray]] = []
-    for index, key, region, resampled in resampled_probabilities(
+    for side, index, region, resampled in resampled_probabilities(
         {side: probabilities[side] for side in SIDES},
         geometries,
         label_names,
@@ -114,7 +115,6 @@ def collect_voxels(
         flat = np.ravel_multi_index(
             tuple(c + s.start for c, s in zip(local, region, strict=True)), shape
         )
-        side = key.rsplit("_", 1)[1]
         parts.append((side_column[side] + index, flat, resampled[keep]))
     flat_all = np.unique(np.concatenate([flat for _, flat, _ in parts] or [np.array([], int)]))
     matrix = np.zeros((flat_all.size, 2 * n_labels), dtype=np.float32)
@@ -154,11 +154,12 @@ def calibrate_thresholds(
     if not voxels:
         raise CalibrationError("no calibration participant")
     n_labels = len(label_names)
-    targets = np.sum([v.truth_voxels for v in voxels], axis=0)
-    missing = [name for name, n in zip(label_names, targets, strict=True) if n == 0]
+    targets_ml = np.sum([v.truth_voxels * v.voxel_ml for v in voxels], axis=0)
+    missing = [name for name, ml in zip(label_names, targets_ml, strict=True) if ml == 0]
     if missing:
         raise CalibrationError(f"no calibration participant's annotation holds {missing}")
     probabilities = np.concatenate([v.probabilities for v in voxels])
+    voxel_ml = np.concatenate([np.full(len(v.probabilities), v.voxel_ml) for v in voxels])
     thresholds = np.full(n_labels, THRESHOLD)
     for sweep in range(1, MAX_SWEEPS + 1):
         moved = 0.0
@@ -168,8 +169,8 @@ def calibrate_thresholds(
             other_cuts = np.tile(thresholds, 2)[others]
             rival = (probabilities[:, others] / other_cuts).max(axis=1, initial=0.0)
             reach = probabilities[:, columns].max(axis=1) / np.maximum(rival, 1.0)
-            new = _nth_largest(reach, int(targets[label]))
-            new = float(np.clip(new, FLOOR, CEILING))
+            cut = _cut_for_volume(reach, voxel_ml, targets_ml[label])
+            new = float(np.clip(cut, FLOOR, CEILING))
             moved = max(moved, abs(new - thresholds[label]))
             thresholds[label] = new
         if moved <= TOLERANCE:
@@ -177,12 +178,15 @@ def calibrate_thresholds(
     return thresholds, MAX_SWEEPS
 
 
-def _nth_largest(values: np.ndarray, n: int) -> float:
-    """The ``n``-th largest of ``values`` (the smallest when there are fewer)."""
+def _cut_for_volume(values: np.ndarray, voxel_ml: np.ndarray, target_ml: float) -> float:
+    """The largest cut ``t`` such that the voxels with ``values >= t`` hold at least
+    ``target_ml`` (the smallest value when all of them hold less)."""
     if values.size == 0:
         return FLOOR
-    n = min(max(n, 1), values.size)
-    return float(np.partition(values, values.size - n)[values.size - n])
+    order = np.argsort(values)[::-1]
+    held = np.cumsum(voxel_ml[order])
+    reached = min(int(np.searchsorted(held, target_ml - 1e-9)), values.size - 1)
+    return float(values[order[reached]])
 
 
 def calibration_table(

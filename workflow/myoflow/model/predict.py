@@ -203,12 +203,12 @@ def resampled_probabilities(
     stitched_shape: Sequence[int],
     affine_ras: np.ndarray,
     floors: Sequence[float],
-) -> Iterator[tuple[int, str, tuple[slice, ...], np.ndarray]]:
+) -> Iterator[tuple[str, int, tuple[slice, ...], np.ndarray]]:
     """Each side's and label's probabilities resampled linearly onto the stitched grid,
     where they can reach that label's ``floors`` value.
 
-    Yields ``(label index, label key, stitched region, probabilities there)`` per side
-    (in the order of ``probabilities``) and label (in the order of ``label_names``);
+    Yields ``(side, label index, stitched region, probabilities there)`` per side (in the
+    order of ``probabilities``) and label (in the order of ``label_names``);
     labels that reach their floor nowhere are left out. Outside the regions every
     resampled probability is below its floor.
 
@@ -249,7 +249,7 @@ def resampled_probabilities(
             resampled = uncrop(
                 probability[block], part, box_shape, affine_ras @ _translation(low), order=1
             )
-            yield index, key, tuple(slice(a, b) for a, b in box), resampled
+            yield side, index, tuple(slice(a, b) for a, b in box), resampled
 
 
 def stitch_labels(
@@ -291,14 +291,14 @@ def stitch_labels(
     labels = np.zeros(shape, dtype=np.int16)
     best = np.zeros(shape, dtype=np.float32)
     score = np.zeros(shape, dtype=np.float32)
-    for index, key, region, resampled in resampled_probabilities(
+    for side, index, region, resampled in resampled_probabilities(
         probabilities, geometries, label_names, shape, affine_ras, cuts
     ):
         ratio = resampled / np.float32(cuts[index])
         wins = ratio > score[region]
         score[region][wins] = ratio[wins]
         best[region][wins] = resampled[wins]
-        labels[region][wins] = LABELS[key]
+        labels[region][wins] = LABELS[f"{label_names[index]}_{side}"]
     below = score < 1.0
     labels[below] = 0
     best[below] = 0.0
