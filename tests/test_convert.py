@@ -353,8 +353,8 @@ def test_config_ships_the_package_defaults_and_the_schema_checks_them():
 @pytest.mark.parametrize(
     ("ingest", "message"),
     [
-        ("{not json", "--ingest is not JSON"),
-        ('["water"]', "--ingest must be a JSON object"),
+        ("{not json", "argument --ingest: not JSON"),
+        ('["water"]', "argument --ingest: expected a JSON object"),
         ('{"grid": {"spacing_mm": "fine"}}', "'native' or three positive numbers"),
         ('{"channel_rules": [{"channel": "water"}]}', "give image_type, series_description"),
     ],

@@ -21,24 +21,28 @@ from myoflow.shards import assign_shards, shard_members
 Settings = TypeVar("Settings")
 
 
+def json_object(text: str) -> dict:
+    """An argparse type: a JSON object given on the command line (argparse's message
+    names the option)."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def json_section(
-    option: str,
-    from_config: Callable[[dict], Settings],
-    errors: tuple[type[Exception], ...],
+    from_config: Callable[[dict], Settings], errors: tuple[type[Exception], ...]
 ) -> Callable[[str], Settings]:
-    """An argparse ``type`` for ``option``: a config section passed as a JSON object (as
-    the rules pass it) and turned into settings by ``from_config``; its ``errors`` become
-    argparse's usage errors, which name the option."""
+    """An argparse type: a config section passed as a JSON object (as the rules pass it,
+    :func:`json_object`) and turned into settings by ``from_config``, whose ``errors``
+    become argparse's usage errors."""
 
     def parse(text: str) -> Settings:
         try:
-            section = json.loads(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"{option} is not JSON: {err}") from err
-        if not isinstance(section, dict):
-            raise argparse.ArgumentTypeError(f"{option} must be a JSON object")
-        try:
-            return from_config(section)
+            return from_config(json_object(text))
         except errors as err:
             raise argparse.ArgumentTypeError(str(err)) from err
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from myoflow.analysis import AnalysisSettings, run_analysis
 from myoflow.analysis_tables import read_analysis_cohort, read_profiles, write_tables
-from myoflow.commands.gather import json_object
+from myoflow.commands import json_object
 from myoflow.io import read_tsv
 
 HELP = "run the configured cohort statistics on the analysis table"

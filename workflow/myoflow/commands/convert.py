@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--ingest",
-        type=json_section("--ingest", IngestSettings.from_config, (SettingsError, ValueError)),
+        type=json_section(IngestSettings.from_config, (SettingsError, ValueError)),
         default=IngestSettings(),
         metavar="JSON",
         help="the config's ingest section as JSON (channel rules, protocols, grid); "

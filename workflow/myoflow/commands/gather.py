@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from myoflow.cohort import GatherSettings, gather_cohort, write_cohort, write_exclusions
 from myoflow.cohort_inputs import read_cohort_inputs
+from myoflow.commands import json_object
 from myoflow.io import write_tsv
 from myoflow.participants import load_sheet, validate_sheet
 from myoflow.shards import assign_shards
 
 HELP = "gather the shard tables into the analysis table and the exclusions"
-
-
-def json_object(text: str) -> dict:
-    """An argparse type: a JSON object given on the command line."""
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -55,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--qc",
-        type=json_section("--qc", QcSettings.from_config, (QcError, TypeError, ValueError)),
+        type=json_section(QcSettings.from_config, (QcError, TypeError, ValueError)),
         default=QcSettings(),
         metavar="JSON",
         help="the config's qc section as JSON (thresholds, severities, keep_warnings); "

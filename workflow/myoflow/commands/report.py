@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from myoflow.commands.gather import json_object
+from myoflow.commands import json_object
 from myoflow.report import read_report_inputs, write_report
 
 HELP = "write the cohort report: one self-contained HTML page"
