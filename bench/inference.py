@@ -29,7 +29,10 @@ the timed runs use an oracle (:class:`OracleNet`) that runs the network for its 
 answers with the truth's partial-volume training targets on the crop
 (:func:`myoflow.model.targets.soft_targets`), as a perfect coarse model would.
 Its Dice against the truth checks the whole way back to the stitched grid. One run with
-the network's own output is shown as the upper bound.
+the network's own output is shown as the upper bound. For a cascade (a model with a
+full-resolution refiner, :mod:`myoflow.model.refine`) the oracle is a perfect first stage
+without the refiner, so its Dice is the ceiling of the coarse grid; the network's run
+includes the refiner (column ``refine``).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from myoflow.landmarks import HipLandmarks, lps_axes, read_landmarks, write_land
 from myoflow.metrics import MUSCLES
 from myoflow.model.card import load_model, save_model, sha256_file
 from myoflow.model.predict import predict_probabilities, stitch_labels
+from myoflow.model.refine import coarse_network
 from myoflow.model.registry import build_model, parameter_count
 from myoflow.model.targets import soft_targets
 from myoflow.synth.anatomy import LABELS
@@ -256,7 +260,7 @@ def gpu_throughput(
     participants: list[Path], model_dir: Path, spec: CropSpec
 ) -> list[tuple[int, float]]:
     """Participants per second of the network alone (two crops each) by batch size."""
-    model, _ = load_model(model_dir, "cuda")
+    model = coarse_network(load_model(model_dir, "cuda")[0])
     crops = np.concatenate([first_crops(folder, spec) for folder in participants])
     rows = []
     for batch in (2, 4, 8, 16, 32):
@@ -312,8 +316,10 @@ def main() -> None:
         return seg.load_segmenter(model_dir, cpu)
 
     def oracle() -> seg.Segmenter:
+        # A cascade's oracle is a perfect first stage alone: the ceiling of the coarse grid.
         loaded = seg.load_segmenter(model_dir, cpu)
-        return replace(loaded, model=OracleNet(loaded.model, answers))
+        card = loaded.card | {"config": {k: v for k, v in config.items() if k != "refine"}}
+        return replace(loaded, model=OracleNet(coarse_network(loaded.model), answers), card=card)
 
     segment_all(participants[:1], oracle, False)  # warm-up: the first call sets up kernels
     runs = {
@@ -321,13 +327,13 @@ def main() -> None:
         "oracle output, load each": segment_all(participants, oracle, True),
         "network output, load once": segment_all(participants, network, False),
     }
-    steps = ["read", "crop", "infer", "uncrop", "clean", "write", "total", "cpu"]
+    steps = ["read", "crop", "infer", "refine", "uncrop", "clean", "write", "total", "cpu"]
     print(
         f"\nCPU, {args.threads} threads, seconds per participant (median of {len(participants)}):"
     )
     print(f"  {'':<26}" + "".join(f"{s:>8}" for s in steps) + "  min Dice")
     for name, rows_ in runs.items():
-        values = [statistics.median(r[s] for r in rows_) for s in steps]
+        values = [statistics.median(r.get(s, 0.0) for r in rows_) for s in steps]
         dice = min(r["dice"] for r in rows_)
         print(f"  {name:<26}" + "".join(f"{v:>8.2f}" for v in values) + f"  {dice:8.3f}")
     once = statistics.median(r["total"] for r in runs["oracle output, load once"])
@@ -341,7 +347,7 @@ def main() -> None:
         f"loading per participant {SHARD_SIZE * each:.0f} s "
         f"(per participant {each:.2f} s against {once:.2f} s: ratio {each / once:.2f})"
     )
-    layout = layout_seconds(model, first_crops(participants[0], spec))
+    layout = layout_seconds(coarse_network(model), first_crops(participants[0], spec))
     print(
         f"network alone, one participant (2 crops): contiguous {layout['contiguous']:.2f} s, "
         f"channels_last_3d {layout['channels_last_3d']:.2f} s "

@@ -1,9 +1,15 @@
-# Training workflow: `snakemake train` trains a segmentation model on config training.pairs
-# and `snakemake calibrate` sets its per-label thresholds on training.calibration_pairs
-# (neither is part of `rule all`). The logic lives in myoflow.model.training_run and
-# myoflow.model.calibrate; see config/config.yaml.
+# Training workflow: `snakemake train` trains a segmentation model on config training.pairs,
+# `snakemake refine` adds a full-resolution second stage trained on the same participants,
+# and `snakemake calibrate` sets per-label thresholds (of the refined model when
+# training.refine.enabled) on training.calibration_pairs (none is part of `rule all`). The
+# logic lives in myoflow.model.training_run, .refine_train and .calibrate; see
+# config/config.yaml.
 
 TRAINING = config["training"]
+REFINE = TRAINING.get("refine", {})
+CALIBRATE_FROM = (
+    f"{TRAINING['out']}/refined" if REFINE.get("enabled") else TRAINING["out"]
+)
 
 
 rule train:
@@ -51,14 +57,56 @@ rule train:
         " > {log} 2>&1"
 
 
+rule refine:
+    """A full-resolution refiner for the trained model, on its training participants,
+    evaluated on its held-out ones."""
+    input:
+        pairs=TRAINING["pairs"],
+        model=f"{TRAINING['out']}/model.pt",
+        card=f"{TRAINING['out']}/model_card.json",
+        split=f"{TRAINING['out']}/split.json",
+    output:
+        model=f"{TRAINING['out']}/refined/model.pt",
+        card=f"{TRAINING['out']}/refined/model_card.json",
+    log:
+        "logs/training/refine.log",
+    benchmark:
+        "benchmarks/training/refine.tsv"
+    conda:
+        "../envs/myoflow.yaml"
+    threads: TRAINING["threads"]
+    resources:
+        # Fine crops of ~30 full-size participants in float16: ~3.5 GB.
+        mem_mb=12000,
+        runtime=int(TRAINING.get("max_minutes") or 24 * 60) + 60,
+        gpu=1 if str(TRAINING["device"]).startswith("cuda") else 0,
+    params:
+        steps=REFINE.get("steps", 1500),
+        batch_size=REFINE.get("batch_size", 4),
+        patch=" ".join(str(n) for n in REFINE.get("patch", [64, 64, 64])),
+        learning_rate=REFINE.get("learning_rate", 1e-3),
+        features=REFINE.get("features", 12),
+        dilations=" ".join(str(n) for n in REFINE.get("dilations", [1, 2, 4, 1])),
+        seed=TRAINING["seed"],
+    shell:
+        "myoflow refine --model $(dirname {input.model}) --pairs {input.pairs}"
+        " --train-split {input.split} --held-out-pairs {input.pairs} --split {input.split}"
+        " --out $(dirname {output.model}) --steps {params.steps}"
+        " --batch-size {params.batch_size} --patch {params.patch}"
+        " --learning-rate {params.learning_rate} --features {params.features}"
+        " --dilations {params.dilations} --seed {params.seed} --threads {threads}"
+        f" --device {TRAINING['device']} {training_budget(TRAINING)}"
+        " > {log} 2>&1"
+
+
 rule calibrate:
     """Per-label thresholds of the trained model on annotated participants that are
     neither its training nor its held-out ones; the held-out evaluation is redone."""
     input:
         pairs=calibration_pairs,
         held_out_pairs=TRAINING["pairs"],
-        model=f"{TRAINING['out']}/model.pt",
-        card=f"{TRAINING['out']}/model_card.json",
+        model=f"{CALIBRATE_FROM}/model.pt",
+        card=f"{CALIBRATE_FROM}/model_card.json",
         split=f"{TRAINING['out']}/split.json",
     output:
         model=f"{TRAINING['out']}/calibrated/model.pt",

@@ -215,7 +215,9 @@ def test_calibrate_command_writes_the_same_weights_with_thresholds(cohort, tmp_p
                  "--out", str(model_dir)]) == 2  # fmt: skip
 
 
-def test_calibrate_rule_dry_runs_and_needs_calibration_pairs(tmp_path):
+def training_workflow(tmp_path) -> dict:
+    """A copy of the workflow with empty training and calibration pairs tables; its
+    config with ``training.pairs`` set (save it with :func:`save_config`)."""
     copy_workflow(tmp_path)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "participants.tsv").write_text(
@@ -226,12 +228,21 @@ def test_calibrate_rule_dry_runs_and_needs_calibration_pairs(tmp_path):
     config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
     config["participants"] = "data/participants.tsv"
     config["training"] |= {"pairs": "data/pairs.tsv"}
+    save_config(tmp_path, config)
+    return config
+
+
+def save_config(tmp_path, config: dict) -> None:
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_calibrate_rule_dry_runs_and_needs_calibration_pairs(tmp_path):
+    config = training_workflow(tmp_path)
     refused = snakemake("-n", "calibrate", "--cores", "1", cwd=tmp_path)
     said = refused.stdout + refused.stderr
     assert refused.returncode != 0 and "needs config training.calibration_pairs" in said
     config["training"]["calibration_pairs"] = "data/calibration.tsv"
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    save_config(tmp_path, config)
     output = check(snakemake("-n", "-p", "calibrate", "--cores", "1", cwd=tmp_path))
     assert "results/training/model/calibrated/model_card.json" in output
     assert "--pairs data/calibration.tsv" in output and "--split" in output

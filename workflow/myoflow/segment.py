@@ -41,7 +41,7 @@ from myoflow.io import save_nifti, write_json
 from myoflow.landmarks import read_landmarks
 from myoflow.model import predict
 from myoflow.model.card import load_model
-from myoflow.model.registry import crop_spec
+from myoflow.model.registry import crop_spec, model_channels
 from myoflow.participant_files import ParticipantFiles
 from myoflow.participant_files import read_channels as read_participant_channels
 from myoflow.synth.anatomy import LABELS
@@ -195,7 +195,7 @@ def complete_record(files: SegmentFiles, segmenter: Segmenter) -> dict[str, Any]
     ``landmarks.json`` and the channels read, and was written with the same weights,
     model config and :data:`SEGMENT_VERSION`.
     """
-    channels = crop_spec(segmenter.config).channels
+    channels = model_channels(segmenter.config)
     try:
         written = json.loads(files.segmentation.read_text())
         marker = files.segmentation.stat().st_mtime_ns
@@ -219,8 +219,7 @@ def segment_one(
             landmarks = read_landmarks(files.landmarks)
         except MyoflowError as err:
             raise ParticipantExcluded("inputs_unreadable", str(err)) from err
-        spec = crop_spec(segmenter.config)
-        channels, affine = read_channels(files, spec.channels)
+        channels, affine = read_channels(files, model_channels(segmenter.config))
         read_s = time.perf_counter() - started
         segmentation = predict.segment_participant(
             segmenter.model,
@@ -250,8 +249,9 @@ def segment_one(
             "name": segmenter.name,
             "weights_sha256": segmenter.card["weights_sha256"],
             "labels": list(segmenter.config["labels"]),
-            "crop": spec.to_dict(),
-        },
+            "crop": crop_spec(segmenter.config).to_dict(),
+        }
+        | ({"refine": segmenter.config["refine"]} if segmenter.config.get("refine") else {}),
         "device": segmenter.describe_device(),
         "batch_size": batch_size,
         "crop_boxes": {

@@ -243,30 +243,28 @@ def participant_voxels(
     """
     import torch
 
-    from myoflow.crop import crop_participant
     from myoflow.label_grid import voxel_geometry
-    from myoflow.model.predict import model_labels, predict_probabilities
-    from myoflow.model.registry import crop_spec
+    from myoflow.model.predict import model_labels, side_probabilities
+    from myoflow.model.registry import model_channels
     from myoflow.model.samples import participant_hips, read_channels, read_label_map
     from myoflow.overlap import labels_on_grid
 
-    spec = crop_spec(config)
     label_names = model_labels(config)
-    needed = list(dict.fromkeys([*spec.channels, *(() if pair.landmarks else ("water", "fat"))]))
+    detect = () if pair.landmarks else ("water", "fat")
+    needed = list(dict.fromkeys([*model_channels(config), *detect]))
     channels, affine = read_channels(pair, needed)
     hips = participant_hips(pair, channels, affine)
-    crops = crop_participant(channels, affine, hips, spec)
     with torch.no_grad():
-        probabilities = predict_probabilities(
-            model, np.stack([crops[side].image for side in SIDES]), device, batch_size
+        probabilities, geometries, _ = side_probabilities(
+            model, config, channels, affine, hips, device, batch_size
         )
     label_map, label_affine = read_label_map(pair.labels, pair.participant_id)
     shape = np.shape(next(iter(channels.values())))
     truth = labels_on_grid(label_map, label_affine, shape, affine)
     return collect_voxels(
         pair.participant_id,
-        dict(zip(SIDES, probabilities, strict=True)),
-        {side: crops[side].geometry for side in SIDES},
+        probabilities,
+        geometries,
         label_names,
         truth,
         affine,
@@ -283,15 +281,8 @@ def collect_pairs(
 ) -> tuple[list[CalibrationVoxels], dict[str, dict[str, str]]]:
     """:func:`participant_voxels` of each pair; those whose hips cannot be found are
     returned apart with their reason."""
-    from myoflow.errors import ParticipantExcluded
+    from myoflow.model.samples import each_pair
 
-    collected, excluded = [], {}
-    for n, pair in enumerate(pairs, start=1):
-        try:
-            collected.append(participant_voxels(model, config, pair, device))
-        except ParticipantExcluded as err:  # hips not found
-            excluded[pair.participant_id] = {"reason": err.reason, "detail": err.detail}
-            log(f"calibration [{n}/{len(pairs)}] {pair.participant_id}: left out ({err})")
-            continue
-        log(f"calibration [{n}/{len(pairs)}] {pair.participant_id}")
-    return collected, excluded
+    return each_pair(
+        pairs, lambda pair: participant_voxels(model, config, pair, device), "calibration", log
+    )

@@ -23,7 +23,7 @@ from torch import nn
 from myoflow.errors import ParticipantExcluded
 from myoflow.label_grid import voxel_geometry
 from myoflow.landmarks import HipLandmarks
-from myoflow.model.registry import crop_spec
+from myoflow.model.registry import model_channels
 from myoflow.model.samples import (
     TrainingPair,
     participant_hips,
@@ -152,15 +152,15 @@ def evaluate(
         segment = segment_participant
     model.eval()
     labels = list(config["labels"])
-    spec = crop_spec(config)
+    wanted = model_channels(config)
     dice_rows: list[dict[str, Any]] = []
     volume_rows: list[dict[str, Any]] = []
     excluded: dict[str, dict[str, str]] = {}
     for n, pair in enumerate(pairs, start=1):
         known = (hips or {}).get(pair.participant_id)
         detect = known is None and pair.landmarks is None
-        # The crop's channels, and water and fat where the hips must be detected.
-        needed = dict.fromkeys([*spec.channels, *(("water", "fat") if detect else ())])
+        # The crops' channels, and water and fat where the hips must be detected.
+        needed = dict.fromkeys([*wanted, *(("water", "fat") if detect else ())])
         channels, affine = read_channels(pair, list(needed))
         try:
             landmarks = known if known is not None else participant_hips(pair, channels, affine)
@@ -223,6 +223,36 @@ def _calibration_lines(card: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _refine_lines(card: Mapping[str, Any]) -> list[str]:
+    """The card page's refiner section (none for a model without a second stage)."""
+    record = card.get("refine_training")
+    refine = card.get("config", {}).get("refine")
+    if not record or not refine:
+        return []
+    settings = record.get("settings", {})
+    crop = refine.get("crop") or {}
+    losses = record.get("losses") or [None]
+    return [
+        "## Refiner (second stage, myoflow.model.refine)",
+        "",
+        f"- {record.get('refiner_parameters')} parameters: {len(refine.get('dilations', []))} "
+        f"3x3x3 convolutions of {refine.get('features')} channels, dilations "
+        f"{refine.get('dilations')}; crop {crop.get('name')} {crop.get('shape')} voxels at "
+        f"{crop.get('spacing_mm')} mm",
+        f"- trained on {record.get('participants')} participants (data sha256 "
+        f"`{record.get('data_sha256')}`) over the frozen first stage (weights sha256 "
+        f"`{record.get('coarse_weights_sha256')}`)",
+        f"- {record.get('steps_done')} of {settings.get('steps')} steps"
+        f"{'' if record.get('complete') else ' (stopped by the time budget)'} of "
+        f"{settings.get('batch_size')} patches {settings.get('patch')}, learning rate "
+        f"{settings.get('learning_rate')}, seed {settings.get('seed')}; loss "
+        f"{_number(losses[0], 4)} -> {_number(losses[-1], 4)}",
+        f"- wall time: {_number(record.get('wall_time_s', 0) / 3600, 2)} h on "
+        f"{record.get('device')} ({_number(record.get('seconds_per_step'), 2)} s per step)",
+        "",
+    ]
+
+
 def render_model_card(card: Mapping[str, Any]) -> str:
     """``MODEL_CARD.md``: the card's figures as a page for people (the JSON stays the record)."""
     config = card.get("config", {})
@@ -257,6 +287,7 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         f"{training.get('device')}",
         f"- software: {card.get('software')}",
         "",
+        *_refine_lines(card),
         *_calibration_lines(card),
         "## Held-out evaluation",
         "",

@@ -6,7 +6,10 @@ model serves every participant of a shard (nothing here reads or writes files):
 1. :func:`myoflow.crop.crop_participant` cuts one crop per side (the left mirrored);
 2. :func:`predict_probabilities` runs the network on the crops: one sigmoid channel per
    label of the model config, each a muscle of :data:`myoflow.metrics.MUSCLES`, side-
-   agnostic (channel ``m`` of side ``s``'s crop is the muscle ``{m}_{s}``);
+   agnostic (channel ``m`` of side ``s``'s crop is the muscle ``{m}_{s}``).
+   For a cascade (a model config with ``refine``, :mod:`myoflow.model.refine`) the
+   probabilities are then resampled onto a full-resolution crop and refined there by a
+   small second network (:func:`side_probabilities` does both stages);
 3. :func:`stitch_labels` resamples each side's probabilities linearly onto the stitched
    grid (:func:`myoflow.crop.uncrop`, ``order=1``); a voxel takes the label and side of
    its highest probability if that is at least 0.5 (:data:`THRESHOLD`), else background,
@@ -36,6 +39,13 @@ from myoflow.crop import SIDES, CropGeometry, crop_geometry, crop_participant, u
 from myoflow.errors import ParticipantExcluded
 from myoflow.landmarks import HipLandmarks, lps_axes
 from myoflow.metrics import MUSCLES, Box
+from myoflow.model.refine import (
+    Cascade,
+    coarse_network,
+    coarse_on_fine,
+    refine_probabilities,
+    refine_spec,
+)
 from myoflow.model.registry import ModelConfigError, crop_spec
 from myoflow.synth.anatomy import LABELS
 
@@ -373,6 +383,53 @@ def labels_from_probabilities(
 # ------------------------------------------------------------------------- participant
 
 
+def side_probabilities(
+    model: nn.Module,
+    config: Mapping[str, Any],
+    channels: Mapping[str, np.ndarray],
+    affine_ras: np.ndarray,
+    landmarks: HipLandmarks,
+    device: str | torch.device = "cpu",
+    batch_size: int = 2,
+) -> tuple[dict[str, np.ndarray], dict[str, CropGeometry], dict[str, float]]:
+    """Each side's per-label probabilities on the grid of the model's last stage.
+
+    The network runs on the config's crop of both sides; for a cascade
+    (:class:`myoflow.model.refine.Cascade`, a config with ``refine``) its probabilities
+    are then resampled onto the refiner's full-resolution crop and refined there.
+
+    Returns:
+        (probabilities per side (L, X, Y, Z), that grid's geometry per side, wall time of
+        the steps: crop, infer, and for a cascade refine).
+
+    Raises:
+        KeyError: a channel a crop needs is missing.
+    """
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    crops = crop_participant(channels, affine_ras, landmarks, crop_spec(config))
+    seconds["crop"] = time.perf_counter() - started
+    started = time.perf_counter()
+    images = np.stack([crops[side].image for side in SIDES])
+    coarse = predict_probabilities(coarse_network(model), images, device, batch_size)
+    seconds["infer"] = time.perf_counter() - started
+    probabilities = dict(zip(SIDES, coarse, strict=True))
+    geometries = {side: crops[side].geometry for side in SIDES}
+    fine_spec = refine_spec(config)
+    if fine_spec is None:
+        return probabilities, geometries, seconds
+    if not isinstance(model, Cascade):
+        raise ModelConfigError("the model config has a refine section but the model no refiner")
+    started = time.perf_counter()
+    fine = crop_participant(channels, affine_ras, landmarks, fine_spec)
+    for side in SIDES:
+        prior = coarse_on_fine(probabilities[side], geometries[side], fine[side].geometry)
+        probabilities[side] = refine_probabilities(model.refiner, fine[side].image, prior, device)
+        geometries[side] = fine[side].geometry
+    seconds["refine"] = time.perf_counter() - started
+    return probabilities, geometries, seconds
+
+
 def segment_participant(
     model: nn.Module,
     config: Mapping[str, Any],
@@ -418,18 +475,13 @@ def segment_participant(
                 f"the {side} crop around the hip at LPS {np.round(hips[side], 1).tolist()} mm "
                 f"holds no voxel of the {shape} image",
             )
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    crops = crop_participant(channels, affine_ras, landmarks, spec)
-    seconds["crop"] = time.perf_counter() - started
-    started = time.perf_counter()
-    images = np.stack([crops[side].image for side in SIDES])
-    probabilities = predict_probabilities(model, images, device, batch_size)
-    seconds["infer"] = time.perf_counter() - started
+    probabilities, geometries, seconds = side_probabilities(
+        model, config, channels, affine_ras, landmarks, device, batch_size
+    )
     started = time.perf_counter()
     labels, best = stitch_labels(
-        dict(zip(SIDES, probabilities, strict=True)),
-        {side: crops[side].geometry for side in SIDES},
+        probabilities,
+        geometries,
         label_names,
         shape,
         affine_ras,

@@ -9,13 +9,16 @@ A model config is a JSON-able dict::
         "width": 1.0,                    # channel multiplier (1: the published 22.9 M)
         "crop": {...},                   # optional: myoflow.crop.CropSpec.to_dict()
         "thresholds": {"iliopsoas": 0.4},  # optional: per-label decision thresholds
+        "refine": {"features": 12, "dilations": [1, 2, 4, 1], "crop": {...}},  # optional
     }
 
 ``build_model`` reads the architecture keys; ``crop`` belongs to the data side (how the
 model's inputs are cut from a participant) and is read by ``crop_spec``. Keeping both in
 one file beside the weights means a trained model always says how to feed it. So do
 ``thresholds``, which say how to read its output (:mod:`myoflow.model.calibrate` sets
-them; a label without one is cut at 0.5).
+them; a label without one is cut at 0.5). A config with ``refine`` describes a cascade
+(:mod:`myoflow.model.refine`): the network above on its crop, then a full-resolution
+refiner on the ``refine`` crop; one weights file holds both.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ from torch import nn
 
 from myoflow.crop import CropSpec
 from myoflow.errors import MyoflowError
+from myoflow.model.refine import Cascade, build_refiner, refine_spec
 from myoflow.model.vnet import VNet
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"vnet": VNet}
 """Every network a config may name; add new ones here, explicitly."""
 
-CONFIG_KEYS = {"architecture", "in_channels", "labels", "width", "crop", "thresholds"}
-OPTIONAL_KEYS = {"crop", "thresholds"}
+CONFIG_KEYS = {"architecture", "in_channels", "labels", "width", "crop", "thresholds", "refine"}
+OPTIONAL_KEYS = {"crop", "thresholds", "refine"}
+REFINE_KEYS = {"features", "dilations", "crop"}
 
 
 class ModelConfigError(MyoflowError, ValueError):
@@ -49,11 +54,14 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
     """
     check_config(config)
     architecture = ARCHITECTURES[config["architecture"]]
-    return architecture(
+    network = architecture(
         in_channels=int(config["in_channels"]),
         out_channels=len(config["labels"]),
         width=float(config["width"]),
     )
+    if config.get("refine") is None:
+        return network
+    return Cascade(network, build_refiner(config))
 
 
 def check_config(config: Mapping[str, Any]) -> None:
@@ -83,6 +91,33 @@ def check_config(config: Mapping[str, Any]) -> None:
     if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
         raise ModelConfigError(f"model config: width must be a positive number, got {width!r}")
     _check_thresholds(config.get("thresholds"), labels)
+    _check_refine(config.get("refine"))
+
+
+def _check_refine(refine: Any) -> None:
+    if refine is None:
+        return
+    if not isinstance(refine, Mapping) or set(refine) - REFINE_KEYS:
+        raise ModelConfigError(
+            f"model config: refine must be a mapping with keys among {sorted(REFINE_KEYS)}, "
+            f"got {refine!r}"
+        )
+    features, dilations = refine.get("features", 1), refine.get("dilations", [1])
+    if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+        raise ModelConfigError(f"model config: refine features must be >= 1, got {features!r}")
+    if (
+        isinstance(dilations, str | Mapping)
+        or not dilations
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dilations)
+    ):
+        raise ModelConfigError(
+            f"model config: refine dilations must be a list of ints >= 1, got {dilations!r}"
+        )
+    if refine.get("crop") is not None:
+        try:
+            CropSpec.from_dict(refine["crop"])
+        except (TypeError, ValueError) as err:
+            raise ModelConfigError(f"model config: refine crop: {err}") from err
 
 
 def _check_thresholds(thresholds: Any, labels: list[str]) -> None:
@@ -109,6 +144,13 @@ def crop_spec(config: Mapping[str, Any]) -> CropSpec:
     """The crop geometry a model was trained on (the default when the config has none)."""
     spec = config.get("crop")
     return CropSpec() if spec is None else CropSpec.from_dict(spec)
+
+
+def model_channels(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The stitched channels a model reads: its crop's, then its refiner's not among them."""
+    fine = refine_spec(config)
+    names = [*crop_spec(config).channels, *(fine.channels if fine is not None else ())]
+    return tuple(dict.fromkeys(names))
 
 
 def parameter_count(model: nn.Module) -> int:

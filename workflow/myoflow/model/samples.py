@@ -42,6 +42,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,9 @@ IMAGE_CHANNELS = ("water", "fat", "in", "opp")
 PAIR_COLUMNS = ("participant_id", "image_dir", "labels", "landmarks")
 SAMPLE_FORMAT = 1
 """Bump when preparation changes, so caches made by older code are not used."""
+
+
+T = TypeVar("T")
 
 
 class PairsError(MyoflowError):
@@ -411,6 +415,30 @@ def load_or_prepare(
     return prepared
 
 
+def each_pair(
+    pairs: Sequence[TrainingPair],
+    work: Callable[[TrainingPair], T],
+    what: str,
+    log: Callable[[str], None] = lambda line: None,
+) -> tuple[list[T], dict[str, dict[str, str]]]:
+    """``work(pair)`` for every pair; participants it excludes (hips not found) are left out.
+
+    Returns:
+        The results in the order of ``pairs``, and the left-out participants as
+        ``{participant_id: {"reason": ..., "detail": ...}}``.
+    """
+    done, excluded = [], {}
+    for n, pair in enumerate(pairs, start=1):
+        try:
+            done.append(work(pair))
+        except ParticipantExcluded as err:
+            excluded[pair.participant_id] = {"reason": err.reason, "detail": err.detail}
+            log(f"{what} [{n}/{len(pairs)}] {pair.participant_id}: left out ({err})")
+            continue
+        log(f"{what} [{n}/{len(pairs)}] {pair.participant_id}: done")
+    return done, excluded
+
+
 def prepare_pairs(
     pairs: Sequence[TrainingPair],
     spec: CropSpec,
@@ -418,22 +446,12 @@ def prepare_pairs(
     cache_dir: str | os.PathLike[str] | None,
     log: Callable[[str], None] = lambda line: None,
 ) -> tuple[list[PreparedParticipant], dict[str, dict[str, str]]]:
-    """Prepare every pair; participants whose hips cannot be found are left out.
-
-    Returns:
-        The prepared participants in the order of ``pairs``, and the left-out ones as
-        ``{participant_id: {"reason": ..., "detail": ...}}``.
+    """Prepare every pair; participants whose hips cannot be found are left out
+    (:func:`each_pair`).
 
     Raises:
         PairsError: a file is missing or unreadable (fix the pairs table).
     """
-    prepared, excluded = [], {}
-    for n, pair in enumerate(pairs, start=1):
-        try:
-            prepared.append(load_or_prepare(pair, spec, labels, cache_dir))
-        except ParticipantExcluded as err:
-            excluded[pair.participant_id] = {"reason": err.reason, "detail": err.detail}
-            log(f"[{n}/{len(pairs)}] {pair.participant_id}: left out ({err})")
-            continue
-        log(f"[{n}/{len(pairs)}] {pair.participant_id}: samples ready")
-    return prepared, excluded
+    return each_pair(
+        pairs, lambda pair: load_or_prepare(pair, spec, labels, cache_dir), "samples", log
+    )
