@@ -21,7 +21,7 @@ write) on the CPU with ``--threads`` torch threads:
 - with CUDA: participants per second of the network alone at batch sizes 2 to 32, and
   the stage's seconds per participant.
 
-The model is ``--model`` if given, else ``resources/models/hips-coarse`` if it holds a
+The model is ``--model`` if given, else ``resources/models/hips-cascade`` if it holds a
 model, else the shipped architecture (width 0.5, HIPS_COARSE_CROP, water and fat, the five
 muscles) randomly initialised and saved with :func:`save_model`. A random network labels
 much of each crop, far more than a trained one, which makes uncrop and clean-up slow; so
@@ -74,7 +74,7 @@ from myoflow.synth.rng import participant_rng
 from myoflow.synth.signal import Artefacts, stitched_channels
 from myoflow.volume import Volume
 
-SHIPPED = Path(__file__).resolve().parents[1] / "resources" / "models" / "hips-coarse"
+SHIPPED = Path(__file__).resolve().parents[1] / "resources" / "models" / "hips-cascade"
 SHARD_SIZE = 25
 TRUTH = "truth_labels.nii.gz"
 

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.workflow
 
 R1 = ["ukbb000001", "ukbb000002"]
 R2 = ["ukbb000003"]
-SHIPPED_MODEL = ROOT / "resources" / "models" / "hips-coarse"
+SHIPPED_MODEL = ROOT / "resources" / "models" / "hips-cascade"
 RUN = ("--profile", "config/profiles/local", "--cores", "2")
 STAGES = ["inventory_shard", "convert_shard", "landmarks_shard", "segment_shard"]
 ONE_SHARD = {rule: 1 for rule in [*STAGES, "measure_shard"]}

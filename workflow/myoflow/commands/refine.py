@@ -111,13 +111,13 @@ def run(args: argparse.Namespace) -> int:
     overlap = sorted({p.participant_id for p in pairs} & {p.participant_id for p in held})
     if overlap:
         raise MyoflowError(f"participants both train the refiner and evaluate: {overlap}")
+    cascade = attach_refiner(coarse, config)
+    if args.init_from is not None:  # checked before minutes of preparation
+        start_from(cascade, config, card, args.init_from)
     samples, excluded = prepare_refine_pairs(coarse, config, pairs, device, log)
     if not samples:
         raise MyoflowError("no refiner training participant could be prepared")
     preparation_s = time.monotonic() - started
-    cascade = attach_refiner(coarse, config)
-    if args.init_from is not None:
-        start_from(cascade, config, card, args.init_from)
     for parameter in cascade.coarse.parameters():
         parameter.requires_grad_(False)
     deadline = None if args.max_minutes is None else started + args.max_minutes * 60.0
