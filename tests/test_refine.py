@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -82,7 +84,6 @@ def test_coarse_probabilities_land_on_the_fine_grid_at_the_same_points():
             return (0.3 * lps[0] - 0.2 * lps[1] + 0.1 * lps[2]).reshape(geometry.shape)
 
         resampled = coarse_on_fine(linear(coarse)[None], coarse, fine)[0]
-        inside = np.ones(fine.shape, bool)
         index = np.indices(fine.shape).reshape(3, -1)
         to_coarse = np.linalg.inv(coarse.affine_lps) @ fine.affine_lps
         at = to_coarse[:3, :3] @ index + to_coarse[:3, 3:4]
@@ -289,14 +290,18 @@ def test_refine_command_trains_evaluates_and_refuses_bad_requests(cohort, tmp_pa
     for name, value in coarse_state.state_dict().items():  # the coarse stage is frozen
         assert torch.equal(model.coarse.state_dict()[name], value)
     # training continues from that refiner; a refiner of another shape is refused
+    # (on the training ids of a split.json only)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [rows["participant_id"].iloc[1]], "held_out": []}))
     again = [*args[:6], str(tmp_path / "again"), *args[7:], "--init-from", str(out)]
-    assert main([*again, "--seed", "1"]) == 0
-    assert (
-        read_card(tmp_path / "again")["refine_training"]["initialised_from"]["weights_sha256"]
-        == card["weights_sha256"]
-    )
+    assert main([*again, "--seed", "1", "--train-split", str(split)]) == 0
+    continued = read_card(tmp_path / "again")["refine_training"]
+    assert continued["initialised_from"]["weights_sha256"] == card["weights_sha256"]
+    assert continued["participants"] == 1
+    (tmp_path / "unknown.json").write_text(json.dumps({"train": ["P404"]}))
     refused = [
         [*again, "--features", "5"],
+        [*again, "--train-split", str(tmp_path / "unknown.json")],
         ["refine", "--model", str(out), "--pairs", str(train), "--out", str(tmp_path / "x")],
         [*args[:7], "--held-out-pairs", str(train)],  # trains and evaluates on the same ids
         ["refine", "--model", str(model_dir), "--pairs", str(train), "--out", str(model_dir)],

@@ -107,16 +107,9 @@ def run(args: argparse.Namespace) -> int:
     }
     if held:
         evaluation = evaluate(model, config, held, device, log=log)
-        write_tsv(args.out / "held_out_dice.tsv", evaluation.dice)
-        write_tsv(args.out / "held_out_volumes.tsv", evaluation.volumes)
-        write_tsv(args.out / "held_out_agreement.tsv", evaluation.agreement)
+        evaluation.write(args.out)
         calibrated["evaluation"] = evaluation.summary()
-        calibrated["data"] = dict(card.get("data", {})) | {
-            "held_out_participants": len(held),
-            "held_out_data_sha256": training_data_sha256(
-                {p.participant_id: hash_inputs(p, spec.channels) for p in held}
-            ),
-        }
+        calibrated["data"] = held_out_data(card, held, spec.channels)
     else:
         calibrated["evaluation_before_calibration"] = card.get("evaluation")
         calibrated["evaluation"] = None
@@ -145,16 +138,41 @@ def held_out_pairs(args: argparse.Namespace) -> list[Any]:
             raise MyoflowError("--held-out and --split need --held-out-pairs")
         return []
     pairs = read_pairs(args.held_out_pairs)
-    ids = args.held_out
     if args.split is not None:
-        try:
-            ids = json.loads(args.split.read_text())["held_out"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise MyoflowError(f"--split {args.split}: no held-out ids ({err})") from err
-    if ids is None:
-        return pairs
+        return pairs_of_split(pairs, args.split, "held_out", args.held_out_pairs)
+    return pairs if args.held_out is None else only_ids(pairs, args.held_out, args.held_out_pairs)
+
+
+def pairs_of_split(pairs: list[Any], split: Path, part: str, source: Path) -> list[Any]:
+    """The pairs whose ids ``split`` (a ``split.json`` of ``myoflow train``) lists under
+    ``part`` ("train" or "held_out"), in its order.
+
+    Raises:
+        MyoflowError: the split cannot be read, or lists an id that ``source`` lacks.
+    """
+    try:
+        ids = json.loads(split.read_text())[part]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise MyoflowError(f"{split}: no {part} ids ({err})") from err
+    return only_ids(pairs, ids, source)
+
+
+def only_ids(pairs: list[Any], ids: list[str], source: Path) -> list[Any]:
+    """The pairs of ``ids``, in their order; an id that ``source`` lacks is an error."""
     by_id = {p.participant_id: p for p in pairs}
     unknown = sorted(set(ids) - set(by_id))
     if unknown:
-        raise MyoflowError(f"held-out ids not in {args.held_out_pairs}: {unknown}")
+        raise MyoflowError(f"ids not in {source}: {unknown}")
     return [by_id[i] for i in ids]
+
+
+def held_out_data(card: dict[str, Any], held: list[Any], channels: Any) -> dict[str, Any]:
+    """The card's ``data`` section with a new held-out set's size and data hash."""
+    from myoflow.model.samples import hash_inputs, training_data_sha256
+
+    return dict(card.get("data", {})) | {
+        "held_out_participants": len(held),
+        "held_out_data_sha256": training_data_sha256(
+            {p.participant_id: hash_inputs(p, channels) for p in held}
+        ),
+    }

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from myoflow.commands.calibrate import held_out_pairs
+from myoflow.commands.calibrate import held_out_data, held_out_pairs, pairs_of_split
 from myoflow.errors import MyoflowError
-from myoflow.io import write_text, write_tsv
+from myoflow.io import write_text
 
 HELP = "train a full-resolution refiner (a cascade's second stage) for a trained model"
 
@@ -141,16 +140,9 @@ def run(args: argparse.Namespace) -> int:
     if held:
         evaluation = evaluate(cascade, config, held, device, log=log)
         args.out.mkdir(parents=True, exist_ok=True)
-        write_tsv(args.out / "held_out_dice.tsv", evaluation.dice)
-        write_tsv(args.out / "held_out_volumes.tsv", evaluation.volumes)
-        write_tsv(args.out / "held_out_agreement.tsv", evaluation.agreement)
+        evaluation.write(args.out)
         written["evaluation"] = evaluation.summary()
-        written["data"] = dict(card.get("data", {})) | {
-            "held_out_participants": len(held),
-            "held_out_data_sha256": training_data_sha256(
-                {p.participant_id: hash_inputs(p, channels) for p in held}
-            ),
-        }
+        written["data"] = held_out_data(card, held, channels)
     written["parameters"] = sum(p.numel() for p in cascade.parameters())  # coarse is frozen
     saved = save_model(args.out, cascade.state_dict(), config, written)
     write_text(args.out / "MODEL_CARD.md", render_model_card(saved))
@@ -168,15 +160,7 @@ def training_pairs(args: argparse.Namespace) -> list:
     pairs = read_pairs(args.pairs)
     if args.train_split is None:
         return pairs
-    try:
-        ids = json.loads(args.train_split.read_text())["train"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise MyoflowError(f"--train-split {args.train_split}: no training ids ({err})") from err
-    by_id = {p.participant_id: p for p in pairs}
-    unknown = sorted(set(ids) - set(by_id))
-    if unknown:
-        raise MyoflowError(f"training ids not in {args.pairs}: {unknown}")
-    return [by_id[i] for i in ids]
+    return pairs_of_split(pairs, args.train_split, "train", args.pairs)
 
 
 def start_from(cascade, config: dict, card: dict, folder: Path) -> None:

@@ -11,8 +11,10 @@ participant and side.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from myoflow.errors import ParticipantExcluded
+from myoflow.io import write_tsv
 from myoflow.label_grid import voxel_geometry
 from myoflow.landmarks import HipLandmarks
 from myoflow.model.registry import model_channels
@@ -64,6 +67,13 @@ class Evaluation:
     dice_summary: pd.DataFrame
     agreement: pd.DataFrame
     excluded: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def write(self, folder: str | os.PathLike[str]) -> None:
+        """The tables beside a model: ``held_out_dice.tsv``, ``held_out_volumes.tsv`` and
+        ``held_out_agreement.tsv``."""
+        write_tsv(Path(folder) / "held_out_dice.tsv", self.dice)
+        write_tsv(Path(folder) / "held_out_volumes.tsv", self.volumes)
+        write_tsv(Path(folder) / "held_out_agreement.tsv", self.agreement)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able figures for the model card."""

@@ -2,7 +2,7 @@
 
 Why: the shipped V-Net sees the hips at 4 x 4 x 6 mm (``hips_coarse``) because a full-
 resolution V-Net cannot be trained on 2 CPU cores, and after the ~20 epochs that CPU
-training affords it scores Dice 0.91-0.92 on held-out participants. The grid itself
+training affords it scores Dice 0.908-0.920 on held-out participants. The grid itself
 would allow far better: the truth on that crop grid, put back on the stitched grid, scores
 Dice 0.975 (iliopsoas) and 0.990 (gluteus) on the 20 held-out participants
 (``bench/accuracy.py --oracle``). As in nnU-Net's cascade (Isensee et al. 2021), a second

@@ -12,9 +12,9 @@ entropy. The batch-wide Dice does not punish a patch for holding little of a lab
 a per-patch Dice would; the cross-entropy gives every voxel a gradient, also where the
 Dice of a patch is already flat. Everything random follows from the seed.
 
-The coarse network should be run on the refiner's training participants as it will be
-at inference: its own training participants give it probabilities somewhat better than
-unseen ones do; the card records which participants were used.
+The refiner learns from the coarse network's output on the pairs it is given. Those are
+usually the coarse network's own training participants, on which its output may be
+better than on unseen ones; the card records the pairs' data hash.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch import nn
 from myoflow.crop import SIDES, crop_participant
 from myoflow.model.losses import soft_dice_loss
 from myoflow.model.predict import model_labels, predict_probabilities
-from myoflow.model.refine import Cascade, Refiner, coarse_on_fine, refine_spec
+from myoflow.model.refine import Cascade, Refiner, build_refiner, coarse_on_fine, refine_spec
 from myoflow.model.registry import crop_spec, model_channels
 from myoflow.model.samples import (
     TrainingPair,
@@ -249,6 +249,4 @@ def train_refiner(
 
 def attach_refiner(model: nn.Module, config: Mapping[str, Any]) -> Cascade:
     """A cascade of the trained coarse ``model`` and a new refiner for ``config``."""
-    from myoflow.model.refine import build_refiner
-
     return Cascade(model, build_refiner(config))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from myoflow.io import write_json, write_text, write_tsv
+from myoflow.io import write_json, write_text
 from myoflow.model.card import CARD_FILE, save_model
 from myoflow.model.evaluate import Segmenter, evaluate, render_model_card
 from myoflow.model.registry import build_model, check_config, crop_spec, parameter_count
@@ -192,9 +192,7 @@ def run_training(
         evaluation = evaluate(
             model, config, [by_id[i] for i in held_ids], target, segment=segment, log=log
         )
-        write_tsv(out / "held_out_dice.tsv", evaluation.dice)
-        write_tsv(out / "held_out_volumes.tsv", evaluation.volumes)
-        write_tsv(out / "held_out_agreement.tsv", evaluation.agreement)
+        evaluation.write(out)
     write_json(
         out / "split.json",
         {"train": train_ids, "held_out": held_ids, "excluded": excluded, "split": asdict(split)},
