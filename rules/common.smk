@@ -169,6 +169,12 @@ def training_budget(training):
     return "" if budget is None else f"--max-minutes {budget}"
 
 
+def training_start(training):
+    """The card of the model training starts from (--init-from), if any, as an input."""
+    start = training.get("init_from")
+    return [] if start is None else [f"{start}/model_card.json"]
+
+
 def calibration_pairs(wildcards):
     """The calibration pairs TSV; asked for only when the calibrate rule is wanted."""
     if not config["training"].get("calibration_pairs"):

@@ -16,6 +16,7 @@ rule train:
     """Train, evaluate on held-out participants and write the model with its card."""
     input:
         pairs=TRAINING["pairs"],
+        start=training_start(TRAINING),
     output:
         model=f"{TRAINING['out']}/model.pt",
         card=f"{TRAINING['out']}/model_card.json",
@@ -47,12 +48,18 @@ rule train:
         learning_rate=TRAINING["learning_rate"],
         split=training_split(TRAINING),
         seed=TRAINING["seed"],
+        start=(
+            f" --init-from {TRAINING['init_from']}"
+            if TRAINING.get("init_from")
+            else ""
+        ),
     shell:
         "myoflow train --pairs {input.pairs} --out $(dirname {output.model})"
         " --labels {params.labels} --width {params.width} --crop {params.crop}"
         " --epochs {params.epochs} --copies {params.copies}"
         " --batch-size {params.batch_size} --lr {params.learning_rate}"
         " {params.split} --seed {params.seed} --threads {threads}"
+        "{params.start}"
         f" --device {TRAINING['device']} {training_budget(TRAINING)}"
         " > {log} 2>&1"
 

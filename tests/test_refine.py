@@ -298,6 +298,18 @@ def test_refine_command_trains_evaluates_and_refuses_bad_requests(cohort, tmp_pa
     continued = read_card(tmp_path / "again")["refine_training"]
     assert continued["initialised_from"]["weights_sha256"] == card["weights_sha256"]
     assert continued["participants"] == 1
+    # ... also over a retrained first stage, whose sha256 the card then records
+    torch.manual_seed(1)
+    retrained = tmp_path / "retrained"
+    save_model(retrained, build_model(CONFIG).state_dict(), CONFIG, {"evaluation": None})
+    over_new = [*again[:2], str(retrained), *again[3:6], str(tmp_path / "over_new"), *again[7:]]
+    assert main(over_new) == 0
+    record = read_card(tmp_path / "over_new")["refine_training"]
+    assert record["coarse_weights_sha256"] == read_card(retrained)["weights_sha256"]
+    assert (
+        record["initialised_from"]["coarse_weights_sha256"]
+        == (read_card(model_dir)["weights_sha256"])
+    )
     (tmp_path / "unknown.json").write_text(json.dumps({"train": ["P404"]}))
     refused = [
         [*again, "--features", "5"],

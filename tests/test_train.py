@@ -364,6 +364,23 @@ def test_train_command_writes_a_verified_model_and_card(cohort, tmp_path):
     assert set(dice["participant_id"]) == {pids[2]} and len(dice) == 4 * 2
     assert json.loads((out / "split.json").read_text())["held_out"] == [pids[2]]
     assert isinstance(model, torch.nn.Module) and not model.training
+    # --init-from starts from those weights (more participants, a fresh optimizer); a model
+    # of another config is refused before any preparation
+    more = tmp_path / "more"
+    # a learning rate so small that the weights stay where they started
+    assert main([*args[:4], str(more), *args[5:], "--lr", "1e-12", "--init-from", str(out)]) == 0
+    continued, more_card = load_model(more)
+    started = more_card["training"]["initialised_from"]
+    assert started["weights_sha256"] == card["weights_sha256"] and started["steps"] == 3
+    assert card["weights_sha256"] in (more / "MODEL_CARD.md").read_text()
+    assert card["training"]["initialised_from"] is None
+    for name, value in model.state_dict().items():
+        assert torch.allclose(continued.state_dict()[name], value, atol=1e-8), name
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(CONFIG | {"width": CONFIG["width"] * 2}))
+    refused = [*args[:4], str(tmp_path / "x"), "--config", str(other), *args[7:]]
+    assert main([*refused, "--init-from", str(out)]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_train_rule_dry_runs(tmp_path):
@@ -381,6 +398,13 @@ def test_train_rule_dry_runs(tmp_path):
     assert "results/training/model/model_card.json" in output
     assert "--folds 5 --fold 2" in output and "--device cuda" in output
     assert "gpu=1" in output
+    assert "--init-from" not in output
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "model_card.json").write_text("{}")
+    config["training"]["init_from"] = "start"
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    output = check(snakemake("-n", "-p", "train", "--cores", "2", cwd=tmp_path))
+    assert "--init-from start" in output
 
 
 def test_training_config_is_checked_by_the_schema():

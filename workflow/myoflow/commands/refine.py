@@ -56,8 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--init-from",
         type=Path,
-        help="start from the refiner of this cascade (same first stage and refiner shape): "
-        "training continues it, with fresh patches (give another --seed)",
+        help="start from the refiner of this cascade (same refiner shape and crop): training "
+        "continues it, with fresh patches (give another --seed); over a retrained first "
+        "stage it adapts the earlier refiner to the new one's errors",
     )
     parser.add_argument(
         "--max-minutes", type=float, help="stop training after this long (then evaluate, save)"
@@ -166,20 +167,18 @@ def training_pairs(args: argparse.Namespace) -> list:
 def start_from(cascade, config: dict, card: dict, folder: Path) -> None:
     """Load the refiner of the cascade in ``folder`` into ``cascade``.
 
+    The first stage may differ (a retrained one): the refiner's inputs (the image and
+    coarse probabilities on the same crop) mean the same, only their errors change.
+
     Raises:
-        MyoflowError: it is not a cascade over the same first stage with this refiner shape.
+        MyoflowError: it is not a cascade with this refiner shape over the same crop.
     """
     from myoflow.model.card import load_model
 
     earlier, earlier_card = load_model(folder, "cpu")
-    same_coarse = earlier_card.get("refine_training", {}).get("coarse_weights_sha256")
-    if (
-        earlier_card["config"].get("refine") != config["refine"]
-        or same_coarse != card["weights_sha256"]
-    ):
-        raise MyoflowError(
-            f"--init-from {folder}: not a refiner of this shape over this first stage"
-        )
+    same_crop = earlier_card["config"].get("crop") == config.get("crop")
+    if earlier_card["config"].get("refine") != config["refine"] or not same_crop:
+        raise MyoflowError(f"--init-from {folder}: not a refiner of this shape and crop")
     cascade.refiner.load_state_dict(earlier.refiner.state_dict())
 
 
@@ -191,6 +190,7 @@ def init_record(folder: Path) -> dict:
     record = earlier.get("refine_training", {})
     return {
         "weights_sha256": earlier["weights_sha256"],
+        "coarse_weights_sha256": record.get("coarse_weights_sha256"),
         "steps_done": record.get("steps_done"),
         "initialised_from": record.get("initialised_from"),
     }

@@ -82,6 +82,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     running.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     running.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="start from this model's weights (same config; a fresh optimizer), e.g. to "
+        "train a model further on more participants",
+    )
+    running.add_argument(
         "--max-minutes",
         type=float,
         help="time budget: stop after the step in progress, checkpoint, save the model",
@@ -198,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         resume=args.resume,
+        init_from=args.init_from,
         max_minutes=args.max_minutes,
         log=lambda line: print(line, file=sys.stderr, flush=True),
         progress=progress_printer(),

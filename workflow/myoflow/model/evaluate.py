@@ -259,8 +259,17 @@ def _refine_lines(card: Mapping[str, Any]) -> list[str]:
         f"{_number(losses[0], 4)} -> {_number(losses[-1], 4)}",
         f"- wall time: {_number(record.get('wall_time_s', 0) / 3600, 2)} h on "
         f"{record.get('device')} ({_number(record.get('seconds_per_step'), 2)} s per step)",
+        *_start_lines(record),
         "",
     ]
+
+
+def _start_lines(record: Mapping[str, Any]) -> list[str]:
+    """Where a training continued from (``--init-from``); nothing for a fresh start."""
+    start = record.get("initialised_from")
+    if not start:
+        return []
+    return [f"- started from the weights sha256 `{start.get('weights_sha256')}`"]
 
 
 def render_model_card(card: Mapping[str, Any]) -> str:
@@ -295,6 +304,7 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         f"- final epoch loss (soft Dice): {_number(training.get('final_loss'), 4)}",
         f"- wall time: {_number(training.get('wall_time_s', 0) / 3600, 2)} h on "
         f"{training.get('device')}",
+        *_start_lines(training),
         f"- software: {card.get('software')}",
         "",
         *_refine_lines(card),

@@ -1,8 +1,8 @@
 """A second, full-resolution stage that sharpens the coarse model's boundaries (a cascade).
 
 Why: the shipped V-Net sees the hips at 4 x 4 x 6 mm (``hips_coarse``) because a full-
-resolution V-Net cannot be trained on 2 CPU cores, and after the ~20 epochs that CPU
-training affords it scores Dice 0.908-0.920 on held-out participants. The grid itself
+resolution V-Net cannot be trained on 2 CPU cores, and after the ~27 epochs that CPU
+training afforded it scores Dice 0.927-0.939 on held-out participants. The grid itself
 would allow far better: the truth on that crop grid, put back on the stitched grid, scores
 Dice 0.975 (iliopsoas) and 0.990 (gluteus) on the 20 held-out participants
 (``bench/accuracy.py --oracle``). As in nnU-Net's cascade (Isensee et al. 2021), a second
@@ -18,7 +18,7 @@ from the coarse model's accuracy rather than from nothing.
 
 Its crop (``refine.crop`` in the model config, default :data:`myoflow.crop.HIPS_CROP`) is
 another :class:`myoflow.crop.CropSpec` around the same hip, at the stitched spacing so
-that cropping copies voxels; the coarse probabilities are resampled linearly onto it
+that cropping nearly copies voxels; the coarse probabilities are resampled linearly onto it
 (:func:`coarse_on_fine`). Only the block where a coarse probability reaches
 :data:`ACTIVE_FLOOR`, plus a margin, is run through the network (:func:`active_block`);
 elsewhere the refined probability is the coarse one, which is below the floor there.

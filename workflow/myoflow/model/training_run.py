@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from myoflow.io import write_json, write_text
-from myoflow.model.card import CARD_FILE, save_model
+from myoflow.model.card import CARD_FILE, load_model, save_model
 from myoflow.model.evaluate import Segmenter, evaluate, render_model_card
 from myoflow.model.registry import build_model, check_config, crop_spec, parameter_count
 from myoflow.model.samples import (
@@ -98,6 +98,7 @@ def run_training(
     device: str = "auto",
     threads: int | None = None,
     resume: bool = False,
+    init_from: str | Path | None = None,
     max_minutes: float | None = None,
     log: Callable[[str], None] = lambda line: None,
     progress: Callable[[Progress], None] | None = None,
@@ -112,14 +113,16 @@ def run_training(
     ``held_out_volumes.tsv`` and ``held_out_agreement.tsv``. When ``max_minutes``
     (counted from the call, sample preparation included) runs out, training stops after
     the step in progress and the model trained so far is evaluated and saved, its card
-    saying so; ``resume`` continues it.
+    saying so; ``resume`` continues it. ``init_from`` (a model folder with the same config)
+    starts from its weights instead of a random draw, with a fresh optimizer: a model
+    trained further on more participants (its card records where it started).
 
     Returns:
         The model card as written.
 
     Raises:
-        TrainingError: a bad split, no usable training participant, or a checkpoint that
-            does not match.
+        TrainingError: a bad split, no usable training participant, a checkpoint that
+            does not match, or an ``init_from`` model of another config.
         PairsError: a file of a pair is missing or unreadable.
         ModelConfigError: ``config`` is invalid.
     """
@@ -137,6 +140,8 @@ def run_training(
     if threads:
         torch.set_num_threads(threads)
     target = resolve_device(device)
+    # Checked before minutes of sample preparation.
+    start = None if init_from is None else starting_weights(init_from, config)
     by_id = {pair.participant_id: pair for pair in pairs}
     train_ids, held_ids = split_participants(
         list(by_id),
@@ -161,12 +166,17 @@ def run_training(
         "train_ids": [p.participant_id for p in prepared],
         "held_out_ids": held_ids,
         "training_data_sha256": data_sha,
+        "initialised_from": None if start is None else start[1]["weights_sha256"],
     }
 
     if not resume and (out / CHECKPOINT_FILE).is_file():
         log(f"{out / CHECKPOINT_FILE} exists: starting afresh (--resume continues it)")
     torch.manual_seed(settings.seed)
-    model = build_model(config).to(target)
+    model = build_model(config)
+    if start is not None:
+        model.load_state_dict(start[0])
+        log(f"starting from the weights of {init_from} ({start[1]['weights_sha256'][:12]})")
+    model = model.to(target)
     deadline = None if max_minutes is None else started + max_minutes * 60.0
     log(
         f"training {parameter_count(model):,} parameters on {target} ({len(samples)} samples "
@@ -208,7 +218,8 @@ def run_training(
             "excluded": excluded,
             "split": split.describe(settings.seed),
         },
-        "training": training_record(result, settings, len(samples), prep_s, target),
+        "training": training_record(result, settings, len(samples), prep_s, target)
+        | {"initialised_from": None if start is None else init_record(start[1])},
         "software": software_versions(),
         "evaluation": evaluation.summary() if evaluation is not None else None,
     }
@@ -216,6 +227,39 @@ def run_training(
     write_text(out / "MODEL_CARD.md", render_model_card(written))
     log(f"model written to {out} (card {out / CARD_FILE})")
     return written
+
+
+def starting_weights(
+    model_dir: str | Path, config: Mapping[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The verified weights and card of ``model_dir``, whose model must match ``config``.
+
+    Calibrated thresholds are set aside: they cut a network's output, not shape it.
+
+    Raises:
+        TrainingError: another architecture, crop, channels, labels or width.
+        ModelIntegrityError: the folder's weights are missing or fail their checksum.
+    """
+    model, card = load_model(model_dir, "cpu")
+    theirs = {k: v for k, v in card["config"].items() if k != "thresholds"}
+    ours = {k: v for k, v in json.loads(json.dumps(dict(config))).items() if k != "thresholds"}
+    if theirs != ours:
+        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise TrainingError(
+            f"--init-from {model_dir}: its model differs from this one in {', '.join(differ)}"
+        )
+    return model.state_dict(), card
+
+
+def init_record(card: Mapping[str, Any]) -> dict[str, Any]:
+    """Which model training started from, for the card."""
+    training = card.get("training") or {}
+    return {
+        "weights_sha256": card["weights_sha256"],
+        "epochs_done": training.get("epochs_done"),
+        "steps": training.get("steps"),
+        "initialised_from": training.get("initialised_from"),
+    }
 
 
 def training_record(
