@@ -173,7 +173,7 @@ def run_training(
         log(f"{out / CHECKPOINT_FILE} exists: starting afresh (--resume continues it)")
     torch.manual_seed(settings.seed)
     model = build_model(config)
-    if start is not None:
+    if start is not None and not resume:  # a resumed run takes the checkpoint's weights
         model.load_state_dict(start[0])
         log(f"starting from the weights of {init_from} ({start[1]['weights_sha256'][:12]})")
     model = model.to(target)
