@@ -56,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     dice = pd.read_csv(args.dice, sep="\t", dtype={"participant_id": str})
     train_ids = json.loads(args.split.read_text())["train"]
     bodies = atlas_bodies(args.synth)
+    table = overlap_table(dice, bodies, train_ids)  # refuses ids of unknown body first
     held = sorted(set(dice["participant_id"]))
-    seen = {bodies[i] for i in train_ids if i in bodies}
+    seen = {bodies[i] for i in train_ids}
     print(
         f"{len(train_ids)} training participants on {len(seen)} of 40 atlas bodies; "
-        f"{sum(bodies.get(i) in seen for i in held)} of {len(held)} held-out participants "
+        f"{sum(bodies[i] in seen for i in held)} of {len(held)} held-out participants "
         "on one of them"
     )
-    table = overlap_table(dice, bodies, train_ids)
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     return 0
 
