@@ -94,6 +94,10 @@ rule refine:
         learning_rate=REFINE.get("learning_rate", 1e-3),
         features=REFINE.get("features", 12),
         dilations=" ".join(str(n) for n in REFINE.get("dilations", [1, 2, 4, 1])),
+        shifts=" ".join(
+            ["--coarse-shifts-mm"] * bool(REFINE.get("coarse_shifts_mm"))
+            + [str(v) for shift in REFINE.get("coarse_shifts_mm", []) for v in shift]
+        ),
         seed=TRAINING["seed"],
     shell:
         "myoflow refine --model $(dirname {input.model}) --pairs {input.pairs}"
@@ -101,7 +105,8 @@ rule refine:
         " --out $(dirname {output.model}) --steps {params.steps}"
         " --batch-size {params.batch_size} --patch {params.patch}"
         " --learning-rate {params.learning_rate} --features {params.features}"
-        " --dilations {params.dilations} --seed {params.seed} --threads {threads}"
+        " --dilations {params.dilations} {params.shifts} --seed {params.seed}"
+        " --threads {threads}"
         f" --device {TRAINING['device']} {training_budget(TRAINING)}"
         " > {log} 2>&1"
 

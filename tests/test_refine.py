@@ -23,9 +23,11 @@ from myoflow.model.refine import (
     active_block,
     coarse_network,
     coarse_on_fine,
+    coarse_shifts,
     refine_config,
     refine_probabilities,
     refine_spec,
+    shifted_spec,
 )
 from myoflow.model.refine_train import (
     RefineSample,
@@ -259,7 +261,62 @@ def test_an_untrained_cascade_segments_like_its_coarse_network_inside_the_fine_c
     assert not labels_fine[~crop].any()  # the cascade labels only its fine crop
 
 
-def test_refine_command_trains_evaluates_and_refuses_bad_requests(cohort, tmp_path):  # noqa: F811
+class FirstChannel(torch.nn.Module):
+    """A stand-in first stage whose 'probability' is its input's first channel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1]
+
+
+def test_shifted_coarse_crops_are_put_back_where_they_were_cut_and_averaged():
+    """The first stage is a copy of the (0/1) water image, the refiner the identity: each
+    shifted coarse crop, put on the fine grid, must show the muscle where it is, and a
+    list of shifts gives the mean of its members."""
+    plain = CONFIG | {"crop": COARSE.to_dict(), "labels": LABEL_NAMES[:1]}
+    config = plain | {"refine": refine_config(4, [1], FINE)}
+    cascade = Cascade(FirstChannel(), Refiner(2, 1, features=4, dilations=(1,))).eval()
+    channels, affine = small_participant(), GRID.affine_ras()
+
+    def right_side(shifts):
+        shifted = config | {"refine": config["refine"] | {"coarse_shifts_mm": shifts}}
+        with torch.no_grad():
+            probabilities, geometries, _ = side_probabilities(
+                cascade, shifted, channels, affine, LANDMARKS
+            )
+        return probabilities["right"][0], geometries["right"]
+
+    def centroid_mm(probability, geometry):
+        index = np.indices(probability.shape).reshape(3, -1)
+        weights = probability.reshape(-1) / probability.sum()
+        return (geometry.affine_lps[:3, :3] @ (index @ weights)) + geometry.affine_lps[:3, 3]
+
+    unshifted, geometry = right_side([[0, 0, 0]])
+    muscle = HIPS["right"] + np.array([0.0, 0.0, 10.0])
+    for shift in ([6, 0, 0], [0, -5, 0], [0, 0, 9]):
+        moved, _ = right_side([shift])
+        # a crop put back unshifted would move the muscle by the whole shift
+        assert np.linalg.norm(centroid_mm(moved, geometry) - muscle) < 1.5
+        assert np.linalg.norm(centroid_mm(moved, geometry) - centroid_mm(unshifted, geometry)) < 1.5
+    shifts = [[0, 0, 0], [2, 2, 3], [-2, -2, 3]]
+    mean = np.mean([right_side([shift])[0] for shift in shifts], axis=0)
+    np.testing.assert_allclose(right_side(shifts)[0], mean, atol=2e-4)
+
+
+def test_coarse_shifts_are_read_and_checked():
+    config = CONFIG | {"refine": refine_config(4, [1], FINE)}
+    assert coarse_shifts(config) == [(0.0, 0.0, 0.0)] and coarse_shifts(CONFIG) == [(0.0, 0.0, 0.0)]
+    with_shifts = config | {
+        "refine": config["refine"] | {"coarse_shifts_mm": [[0, 0, 0], [2, -2, 3]]}
+    }
+    check_config(with_shifts)
+    assert coarse_shifts(with_shifts) == [(0.0, 0.0, 0.0), (2.0, -2.0, 3.0)]
+    assert shifted_spec(FINE, (2, -2, 3)).offset_mm == (2.0, -2.0, 3.0)
+    for bad in ([], [[0, 0]], [[0, 0, True]], [[0, 0, 80]], [[0, 0, float("nan")]], "2 2 3"):
+        with pytest.raises(ModelConfigError, match="coarse_shifts_mm"):
+            check_config(config | {"refine": config["refine"] | {"coarse_shifts_mm": bad}})
+
+
+def test_refine_command_trains_evaluates_and_refuses_bad_requests(cohort, tmp_path, capsys):  # noqa: F811
     torch.manual_seed(0)
     model_dir = tmp_path / "model"
     save_model(model_dir, build_model(CONFIG).state_dict(), CONFIG, {"evaluation": None})
@@ -274,10 +331,12 @@ def test_refine_command_trains_evaluates_and_refuses_bad_requests(cohort, tmp_pa
     args = ["refine", "--model", str(model_dir), "--pairs", str(train), "--out", str(out)]
     args += ["--held-out-pairs", str(held), "--device", "cpu", "--steps", "3"]
     args += ["--patch", "16", "16", "16", "--features", "4", "--dilations", "1"]
-    assert main(args) == 0
+    assert main([*args, "--coarse-shifts-mm", "0", "0", "0", "-2", "2", "3"]) == 0
     model, card = load_model(out)  # verified weights holding both stages
     assert isinstance(model, Cascade)
     assert card["refine_training"]["steps_done"] == 3
+    # trained on the first stage averaged over the two crops, and run so
+    assert card["config"]["refine"]["coarse_shifts_mm"] == [[0, 0, 0], [-2, 2, 3]]
     assert (
         card["refine_training"]["coarse_weights_sha256"] == read_card(model_dir)["weights_sha256"]
     )
@@ -285,6 +344,31 @@ def test_refine_command_trains_evaluates_and_refuses_bad_requests(cohort, tmp_pa
     assert card["evaluation"]["participants"] == 1
     assert "thresholds" not in card["config"] and card["config"]["refine"]["features"] == 4
     assert "## Refiner" in (out / "MODEL_CARD.md").read_text()
+    # calibrating the cascade can average its first stage over shifted coarse crops
+    shifted = tmp_path / "shifted"
+    calibrate = ["calibrate", "--model", str(out), "--pairs", str(held), "--device", "cpu"]
+    assert (
+        main(
+            [*calibrate, "--out", str(shifted), "--coarse-shifts-mm", "0", "0", "0", "2", "2", "3"]
+        )
+        == 0
+    )
+    _, shifted_card = load_model(shifted)
+    assert shifted_card["config"]["refine"]["coarse_shifts_mm"] == [[0, 0, 0], [2, 2, 3]]
+    assert (
+        "averaged over 2 coarse crops, shifted by (0, 0, 0), (2, 2, 3) mm"
+        in (shifted / "MODEL_CARD.md").read_text()
+    )
+    cascade_free = ["calibrate", "--model", str(model_dir), "--pairs", str(held)]
+    for command, bad, why in (
+        (calibrate, ["1", "2"], "triples"),
+        (calibrate, ["0", "0", "99"], "within"),
+        (cascade_free, ["0", "0", "0"], "needs a cascade"),
+    ):
+        capsys.readouterr()
+        assert main([*command, "--out", str(tmp_path / "bad"), "--coarse-shifts-mm", *bad]) != 0
+        assert why in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     coarse_state = build_model(CONFIG)
     coarse_state.load_state_dict(torch.load(model_dir / "model.pt", weights_only=True))
     for name, value in coarse_state.state_dict().items():  # the coarse stage is frozen
@@ -293,7 +377,13 @@ def test_refine_command_trains_evaluates_and_refuses_bad_requests(cohort, tmp_pa
     # (on the training ids of a split.json only)
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": [rows["participant_id"].iloc[1]], "held_out": []}))
-    again = [*args[:6], str(tmp_path / "again"), *args[7:], "--init-from", str(out)]
+    again = [
+        *args[:6],
+        str(tmp_path / "again"),
+        *args[7:],
+        "--init-from",
+        str(shifted),
+    ]  # calibrated with shifts
     assert main([*again, "--seed", "1", "--train-split", str(split)]) == 0
     continued = read_card(tmp_path / "again")["refine_training"]
     assert continued["initialised_from"]["weights_sha256"] == card["weights_sha256"]
@@ -326,11 +416,13 @@ def test_refine_rule_dry_runs_and_calibrate_follows_it_when_enabled(tmp_path):
     config = training_workflow(tmp_path)
     config["training"]["calibration_pairs"] = "data/calibration.tsv"
     config["training"]["refine"] |= {"steps": 7, "dilations": [1, 3]}
+    config["training"]["refine"]["coarse_shifts_mm"] = [[0, 0, 0], [2, -2, 3.5]]
     save_config(tmp_path, config)
     output = check(snakemake("-n", "-p", "refine", "--cores", "1", cwd=tmp_path))
     assert "results/training/model/refined/model_card.json" in output
     assert "--train-split results/training/model/split.json" in output
     assert "--steps 7" in output and "--dilations 1 3" in output
+    assert "--coarse-shifts-mm 0 0 0 2 -2 3.5 --seed" in output
     assert "rule train:" in output
     plain = check(snakemake("-n", "-p", "calibrate", "--cores", "1", cwd=tmp_path))
     assert "rule refine:" not in plain

@@ -12,7 +12,8 @@ origin is snapped to the nearest voxel centre of the stitched grid, so when the 
 agree cropping copies voxels and :func:`uncrop` returns a label map exactly. UK Biobank's
 stitched grid is 500/224 = 2.2321 mm in-plane against the model grid's 2.232 mm, so there
 the crop drifts by under 0.01 voxel across its 112 columns and is interpolated. Resampling is
-``scipy.ndimage.affine_transform``: linear for images, nearest for labels.
+linear for images (:func:`myoflow.resample.linear_resample`, one axis at a time) and
+nearest for labels (``scipy.ndimage.affine_transform``).
 
 Two crop geometries (offsets are (medial, posterior, superior) mm from the hip centre):
 
@@ -52,6 +53,7 @@ import numpy as np
 from scipy import ndimage
 
 from myoflow.landmarks import HipLandmarks, lps_axes
+from myoflow.resample import linear_resample
 
 SIDES = ("left", "right")
 
@@ -171,12 +173,14 @@ def _index_map(to_affine: np.ndarray, from_affine: np.ndarray) -> tuple[np.ndarr
 def to_crop(
     volume: np.ndarray, stitched_affine_ras: np.ndarray, geometry: CropGeometry, order: int
 ) -> np.ndarray:
-    """Resample a stitched volume onto a crop grid (``order`` 1: images, 0: labels).
+    """Resample a stitched volume onto a crop grid (``order`` 1: images, float32; 0: labels).
 
     Crop voxels outside the stitched field of view are 0.
     """
     _, stitched = lps_axes(stitched_affine_ras)
     matrix, offset = _index_map(geometry.affine_lps, stitched)
+    if order == 1:
+        return linear_resample(volume, matrix, offset, geometry.shape, "constant")
     return ndimage.affine_transform(
         np.asarray(volume),
         matrix,

@@ -44,6 +44,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="only the held-out ids of this split.json (written by myoflow train)",
     )
+    parser.add_argument(
+        "--coarse-shifts-mm",
+        type=float,
+        nargs="+",
+        metavar="MM",
+        help="for a cascade: average its first stage over coarse crops shifted by these "
+        "(medial, posterior, superior) mm triples, e.g. 0 0 0 2 2 3 -2 -2 3; calibrated and "
+        "saved with them (default: as the model has it, one unshifted crop)",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.set_defaults(func=run)
@@ -75,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     model, card = load_model(args.model, device)
     config = dict(card["config"])
     config.pop("thresholds", None)  # calibrate the network's output, not an earlier cut
+    if args.coarse_shifts_mm:
+        config = with_coarse_shifts(config, args.coarse_shifts_mm)
     labels = model_labels(config)
     pairs = read_pairs(args.pairs)
     held = held_out_pairs(args)
@@ -126,6 +137,24 @@ def run(args: argparse.Namespace) -> int:
         f"({sweeps} sweeps)"
     )
     return 0
+
+
+def with_coarse_shifts(config: dict[str, Any], values: list[float]) -> dict[str, Any]:
+    """``config`` whose cascade averages its first stage over the shifts in ``values``
+    (flat (medial, posterior, superior) mm triples)."""
+    from myoflow.model.registry import ModelConfigError, check_config
+
+    if config.get("refine") is None:
+        raise MyoflowError("--coarse-shifts-mm needs a cascade (a model with a refiner)")
+    if len(values) % 3:
+        raise MyoflowError(f"--coarse-shifts-mm takes mm triples; got {len(values)} numbers")
+    shifts = [list(values[n : n + 3]) for n in range(0, len(values), 3)]
+    shifted = config | {"refine": dict(config["refine"]) | {"coarse_shifts_mm": shifts}}
+    try:
+        check_config(shifted)
+    except ModelConfigError as err:
+        raise MyoflowError(str(err)) from err
+    return shifted
 
 
 def held_out_pairs(args: argparse.Namespace) -> list[Any]:

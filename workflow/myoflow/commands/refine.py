@@ -8,7 +8,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from myoflow.commands.calibrate import held_out_data, held_out_pairs, pairs_of_split
+from myoflow.commands.calibrate import (
+    held_out_data,
+    held_out_pairs,
+    pairs_of_split,
+    with_coarse_shifts,
+)
 from myoflow.errors import MyoflowError
 from myoflow.io import write_text
 
@@ -61,6 +66,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "stage it adapts the earlier refiner to the new one's errors",
     )
     parser.add_argument(
+        "--coarse-shifts-mm",
+        type=float,
+        nargs="+",
+        metavar="MM",
+        help="average the first stage over coarse crops shifted by these (medial, "
+        "posterior, superior) mm triples, e.g. 0 0 0 2 2 3 -2 -2 3, in training and in use "
+        "(default: one unshifted crop)",
+    )
+    parser.add_argument(
         "--max-minutes", type=float, help="stop training after this long (then evaluate, save)"
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
@@ -106,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     config = dict(card["config"])
     config.pop("thresholds", None)  # they cut the coarse output; calibrate the cascade anew
     config["refine"] = refine_config(args.features or FEATURES, args.dilations or DILATIONS)
+    if args.coarse_shifts_mm:
+        config = with_coarse_shifts(config, args.coarse_shifts_mm)
     pairs = training_pairs(args)
     held = held_out_pairs(args)
     overlap = sorted({p.participant_id for p in pairs} & {p.participant_id for p in held})
@@ -177,7 +193,11 @@ def start_from(cascade, config: dict, card: dict, folder: Path) -> None:
 
     earlier, earlier_card = load_model(folder, "cpu")
     same_crop = earlier_card["config"].get("crop") == config.get("crop")
-    if earlier_card["config"].get("refine") != config["refine"] or not same_crop:
+    # The coarse shifts are how a cascade is run, not part of the refiner's shape.
+    earlier_refine = dict(earlier_card["config"].get("refine") or {})
+    earlier_refine.pop("coarse_shifts_mm", None)
+    shape = {k: v for k, v in config["refine"].items() if k != "coarse_shifts_mm"}
+    if earlier_refine != shape or not same_crop:
         raise MyoflowError(f"--init-from {folder}: not a refiner of this shape and crop")
     cascade.refiner.load_state_dict(earlier.refiner.state_dict())
 

@@ -260,7 +260,20 @@ def _refine_lines(card: Mapping[str, Any]) -> list[str]:
         f"- wall time: {_number(record.get('wall_time_s', 0) / 3600, 2)} h on "
         f"{record.get('device')} ({_number(record.get('seconds_per_step'), 2)} s per step)",
         *_start_lines(record),
+        *_shift_lines(refine),
         "",
+    ]
+
+
+def _shift_lines(refine: Mapping[str, Any]) -> list[str]:
+    """The coarse crop's shifts, when the first stage is averaged over several."""
+    shifts = refine.get("coarse_shifts_mm")
+    if not shifts or len(shifts) < 2:
+        return []
+    listed = ", ".join("(" + ", ".join(f"{v:g}" for v in shift) + ")" for shift in shifts)
+    return [
+        f"- first stage averaged over {len(shifts)} coarse crops, shifted by {listed} mm "
+        "(medial, posterior, superior)"
     ]
 
 

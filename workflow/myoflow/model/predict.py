@@ -35,7 +35,15 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from myoflow.crop import SIDES, CropGeometry, crop_geometry, crop_participant, uncrop
+from myoflow.crop import (
+    SIDES,
+    Crop,
+    CropGeometry,
+    CropSpec,
+    crop_geometry,
+    crop_participant,
+    uncrop,
+)
 from myoflow.errors import ParticipantExcluded
 from myoflow.landmarks import HipLandmarks, lps_axes
 from myoflow.metrics import MUSCLES, Box
@@ -43,8 +51,10 @@ from myoflow.model.refine import (
     Cascade,
     coarse_network,
     coarse_on_fine,
+    coarse_shifts,
     refine_probabilities,
     refine_spec,
+    shifted_spec,
 )
 from myoflow.model.registry import ModelConfigError, crop_spec
 from myoflow.synth.anatomy import LABELS
@@ -396,38 +406,98 @@ def side_probabilities(
 
     The network runs on the config's crop of both sides; for a cascade
     (:class:`myoflow.model.refine.Cascade`, a config with ``refine``) its probabilities
-    are then resampled onto the refiner's full-resolution crop and refined there.
+    are then put on the refiner's full-resolution crop (:func:`coarse_priors`) and
+    refined there.
 
     Returns:
         (probabilities per side (L, X, Y, Z), that grid's geometry per side, wall time of
-        the steps: crop, infer, and for a cascade refine).
+        the steps: crop and infer (the coarse crops and network, summed over the shifts),
+        and for a cascade refine (fine crop, resampling, refiner)).
 
     Raises:
         KeyError: a channel a crop needs is missing.
     """
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    crops = crop_participant(channels, affine_ras, landmarks, crop_spec(config))
-    seconds["crop"] = time.perf_counter() - started
-    started = time.perf_counter()
-    images = np.stack([crops[side].image for side in SIDES])
-    coarse = predict_probabilities(coarse_network(model), images, device, batch_size)
-    seconds["infer"] = time.perf_counter() - started
-    probabilities = dict(zip(SIDES, coarse, strict=True))
-    geometries = {side: crops[side].geometry for side in SIDES}
+    seconds = {"crop": 0.0, "infer": 0.0}
     fine_spec = refine_spec(config)
     if fine_spec is None:
-        return probabilities, geometries, seconds
+        coarse, geometries = _first_stage(
+            model, crop_spec(config), channels, affine_ras, landmarks, device, batch_size, seconds
+        )
+        return dict(zip(SIDES, coarse, strict=True)), geometries, seconds
     if not isinstance(model, Cascade):
         raise ModelConfigError("the model config has a refine section but the model no refiner")
     started = time.perf_counter()
     fine = crop_participant(channels, affine_ras, landmarks, fine_spec)
-    for side in SIDES:
-        prior = coarse_on_fine(probabilities[side], geometries[side], fine[side].geometry)
-        probabilities[side] = refine_probabilities(model.refiner, fine[side].image, prior, device)
-        geometries[side] = fine[side].geometry
     seconds["refine"] = time.perf_counter() - started
-    return probabilities, geometries, seconds
+    priors = coarse_priors(
+        model, config, channels, affine_ras, landmarks, fine, device, batch_size, seconds
+    )
+    started = time.perf_counter()
+    probabilities = {
+        side: refine_probabilities(model.refiner, fine[side].image, priors[side], device)
+        for side in SIDES
+    }
+    seconds["refine"] += time.perf_counter() - started
+    return probabilities, {side: fine[side].geometry for side in SIDES}, seconds
+
+
+def coarse_priors(
+    model: nn.Module,
+    config: Mapping[str, Any],
+    channels: Mapping[str, np.ndarray],
+    affine_ras: np.ndarray,
+    landmarks: HipLandmarks,
+    fine: Mapping[str, Crop],
+    device: str | torch.device = "cpu",
+    batch_size: int = 2,
+    seconds: dict[str, float] | None = None,
+) -> dict[str, np.ndarray]:
+    """A cascade's first-stage probabilities on each side's fine crop: the mean over the
+    coarse crop's shifts (:func:`myoflow.model.refine.coarse_shifts`; one unless
+    configured), each put on the fine grid. What the refiner sees, in training and use.
+
+    Args:
+        model: the cascade or its first stage.
+        fine: both sides' fine crops.
+        seconds: if given, the coarse crops' and network's time is added to its "crop"
+            and "infer", the resampling's to its "refine".
+    """
+    seconds = {} if seconds is None else seconds
+    shifts = coarse_shifts(config)
+    priors: dict[str, Any] = dict.fromkeys(SIDES, 0.0)
+    for shift in shifts:
+        spec = shifted_spec(crop_spec(config), shift)
+        coarse, geometries = _first_stage(
+            model, spec, channels, affine_ras, landmarks, device, batch_size, seconds
+        )
+        started = time.perf_counter()
+        for side, side_coarse in zip(SIDES, coarse, strict=True):
+            on_fine = coarse_on_fine(side_coarse, geometries[side], fine[side].geometry)
+            priors[side] = priors[side] + on_fine / len(shifts)
+        seconds["refine"] = seconds.get("refine", 0.0) + time.perf_counter() - started
+    return priors
+
+
+def _first_stage(
+    model: nn.Module,
+    spec: CropSpec,
+    channels: Mapping[str, np.ndarray],
+    affine_ras: np.ndarray,
+    landmarks: HipLandmarks,
+    device: str | torch.device,
+    batch_size: int,
+    seconds: dict[str, float],
+) -> tuple[np.ndarray, dict[str, CropGeometry]]:
+    """The (first-stage) network on both sides' ``spec`` crops: (2, L, ...) probabilities
+    and the crops' geometries; its time added to ``seconds`` "crop" and "infer"."""
+    started = time.perf_counter()
+    crops = crop_participant(channels, affine_ras, landmarks, spec)
+    seconds["crop"] = seconds.get("crop", 0.0) + time.perf_counter() - started
+    started = time.perf_counter()
+    images = np.stack([crops[side].image for side in SIDES])
+    coarse = predict_probabilities(coarse_network(model), images, device, batch_size)
+    seconds["infer"] = seconds.get("infer", 0.0) + time.perf_counter() - started
+    return coarse, {side: crops[side].geometry for side in SIDES}
 
 
 def segment_participant(

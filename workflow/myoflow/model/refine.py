@@ -23,6 +23,19 @@ that cropping nearly copies voxels; the coarse probabilities are resampled linea
 :data:`ACTIVE_FLOOR`, plus a margin, is run through the network (:func:`active_block`);
 elsewhere the refined probability is the coarse one, which is below the floor there.
 
+A cascade may average its first stage over several coarse crops, shifted by a fraction
+of a coarse voxel (``refine.coarse_shifts_mm``, :func:`coarse_shifts`): the V-Net's
+output depends on where the 4 x 4 x 6 mm lattice falls on the body, and averaging the
+probabilities, each put on the fine grid, smooths that out before the refiner sees them.
+On the cascade shipped before, the unshifted crop and 4 shifted by (+-2, +-2, +-3) mm
+(each axis's signs balanced), calibrated with them, raised held-out Dice (iliopsoas,
+gluteus, psoas major) from 0.947 / 0.954 / 0.952 to 0.949 / 0.955 / 0.954; all 8 corners
+and the unshifted crop gave the same with the thresholds calibrated for one crop, at
+twice the added cost. The
+shifts are set when training the refiner (``myoflow refine --coarse-shifts-mm``), which then
+learns on the averaged probabilities it will see in use, or later when calibrating
+(``myoflow calibrate --coarse-shifts-mm``), so that the thresholds fit them.
+
 This module holds the network and the array geometry; training is
 :mod:`myoflow.model.refine_train`, inference :func:`myoflow.model.predict.side_probabilities`.
 """
@@ -30,14 +43,15 @@ This module holds the network and the array geometry; training is
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 from myoflow.crop import HIPS_CROP, CropGeometry, CropSpec
+from myoflow.resample import linear_resample
 
 FEATURES = 12
 DILATIONS = (1, 2, 4, 1)
@@ -149,6 +163,19 @@ def refine_spec(config: Mapping[str, Any]) -> CropSpec | None:
     return HIPS_CROP if crop is None else CropSpec.from_dict(crop)
 
 
+def coarse_shifts(config: Mapping[str, Any]) -> list[tuple[float, float, float]]:
+    """The (medial, posterior, superior) mm shifts of the coarse crop whose probabilities a
+    cascade averages; just the unshifted crop unless ``refine.coarse_shifts_mm`` says."""
+    shifts = (config.get("refine") or {}).get("coarse_shifts_mm") or [[0.0, 0.0, 0.0]]
+    return [(float(m), float(p), float(s)) for m, p, s in shifts]
+
+
+def shifted_spec(spec: CropSpec, shift_mm: Sequence[float]) -> CropSpec:
+    """``spec`` with its centre moved by ``shift_mm`` (medial, posterior, superior)."""
+    offset = tuple(float(a) + float(b) for a, b in zip(spec.offset_mm, shift_mm, strict=True))
+    return replace(spec, offset_mm=offset)
+
+
 def refine_config(
     features: int = FEATURES, dilations: Sequence[int] = DILATIONS, crop: CropSpec = HIPS_CROP
 ) -> dict[str, Any]:
@@ -198,20 +225,8 @@ def coarse_on_fine(
     if coarse.side != fine.side:
         raise ValueError(f"coarse crop of the {coarse.side} side, fine crop of the {fine.side}")
     transform = np.linalg.inv(coarse.affine_lps) @ fine.affine_lps
-    return np.stack(
-        [
-            ndimage.affine_transform(
-                channel,
-                transform[:3, :3],
-                transform[:3, 3],
-                output_shape=fine.shape,
-                order=1,
-                mode="nearest",
-                prefilter=False,
-            )
-            for channel in probabilities
-        ]
-    )
+    matrix, offset = transform[:3, :3], transform[:3, 3]
+    return linear_resample(probabilities, matrix, offset, fine.shape, "nearest")
 
 
 def active_block(

@@ -1,7 +1,8 @@
 """Training the full-resolution refiner of a trained coarse model (:mod:`myoflow.model.refine`).
 
 The coarse network is frozen. Each training participant is prepared once: both sides'
-fine crops (image channels), the coarse probabilities resampled onto them, and the
+fine crops (image channels), the coarse probabilities resampled onto them (averaged over
+the coarse shifts of the config, :func:`myoflow.model.predict.coarse_priors`), and the
 partial-volume targets on the fine grid (:class:`RefineSample`). Training then draws
 random patches (:func:`draw_patch`), most of them centred where the coarse probabilities
 disagree with the targets (:data:`DISAGREEMENT`), since that is all the refiner has to
@@ -31,9 +32,9 @@ from torch import nn
 
 from myoflow.crop import SIDES, crop_participant
 from myoflow.model.losses import soft_dice_loss
-from myoflow.model.predict import model_labels, predict_probabilities
-from myoflow.model.refine import Cascade, Refiner, build_refiner, coarse_on_fine, refine_spec
-from myoflow.model.registry import crop_spec, model_channels
+from myoflow.model.predict import coarse_priors, model_labels
+from myoflow.model.refine import Cascade, Refiner, build_refiner, refine_spec
+from myoflow.model.registry import model_channels
 from myoflow.model.samples import (
     TrainingPair,
     each_pair,
@@ -105,15 +106,12 @@ def prepare_refine_sample(
     detect = () if pair.landmarks else ("water", "fat")
     channels, affine = read_channels(pair, list(dict.fromkeys([*model_channels(config), *detect])))
     hips = participant_hips(pair, channels, affine)
-    crops = crop_participant(channels, affine, hips, crop_spec(config))
-    coarse = predict_probabilities(
-        model, np.stack([crops[side].image for side in SIDES]), device, batch_size=2
-    )
     fine = crop_participant(channels, affine, hips, fine_spec)
+    priors = coarse_priors(model, config, channels, affine, hips, fine, device)
     label_map, label_affine = read_label_map(pair.labels, pair.participant_id)
     samples = []
-    for side, probabilities in zip(SIDES, coarse, strict=True):
-        prior = coarse_on_fine(probabilities, crops[side].geometry, fine[side].geometry)
+    for side in SIDES:
+        prior = priors[side]
         target = soft_targets(
             label_map, label_affine, fine[side].geometry, side_label_values(labels, side)
         )

@@ -9,7 +9,8 @@ A model config is a JSON-able dict::
         "width": 1.0,                    # channel multiplier (1: the published 22.9 M)
         "crop": {...},                   # optional: myoflow.crop.CropSpec.to_dict()
         "thresholds": {"iliopsoas": 0.4},  # optional: per-label decision thresholds
-        "refine": {"features": 12, "dilations": [1, 2, 4, 1], "crop": {...}},  # optional
+        "refine": {"features": 12, "dilations": [1, 2, 4, 1], "crop": {...},  # optional
+                   "coarse_shifts_mm": [[0, 0, 0], [2, 2, 3], ...]},  # optional
     }
 
 ``build_model`` reads the architecture keys; ``crop`` belongs to the data side (how the
@@ -23,6 +24,7 @@ refiner on the ``refine`` crop; one weights file holds both.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -38,7 +40,9 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"vnet": VNet}
 
 CONFIG_KEYS = {"architecture", "in_channels", "labels", "width", "crop", "thresholds", "refine"}
 OPTIONAL_KEYS = {"crop", "thresholds", "refine"}
-REFINE_KEYS = {"features", "dilations", "crop"}
+REFINE_KEYS = {"features", "dilations", "crop", "coarse_shifts_mm"}
+MAX_COARSE_SHIFT_MM = 50.0
+"""A larger shift of the coarse crop would no longer be a re-sampling of the same view."""
 
 
 class ModelConfigError(MyoflowError, ValueError):
@@ -118,6 +122,25 @@ def _check_refine(refine: Any) -> None:
             CropSpec.from_dict(refine["crop"])
         except (TypeError, ValueError) as err:
             raise ModelConfigError(f"model config: refine crop: {err}") from err
+    shifts = refine.get("coarse_shifts_mm")
+    if shifts is not None and not (
+        isinstance(shifts, list)
+        and shifts
+        and all(
+            isinstance(shift, list)
+            and len(shift) == 3
+            and all(_is_number(v) and abs(v) <= MAX_COARSE_SHIFT_MM for v in shift)
+            for shift in shifts
+        )
+    ):
+        raise ModelConfigError(
+            "model config: refine coarse_shifts_mm must be a non-empty list of [medial, "
+            f"posterior, superior] mm, each within +-{MAX_COARSE_SHIFT_MM}, got {shifts!r}"
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_thresholds(thresholds: Any, labels: list[str]) -> None:
