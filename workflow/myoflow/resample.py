@@ -72,12 +72,11 @@ def linear_resample(
         )
     else:
         out = channels
-        # Shrinking axes first keeps the intermediate slabs small; growing ones from the
-        # last axis to the first, so that the biggest pass gathers whole contiguous
-        # slabs (coarse probabilities onto the fine crop: 0.1 s, against 0.46 s in the
-        # order x, y, z).
+        # Shrinking axes first keeps the intermediate slabs small. (For growing ones the
+        # order hardly matters: both sides' coarse probabilities onto their fine crops
+        # took 0.19-0.21 s in the order x, y, z and 0.18-0.19 s in z, y, x, median of 8.)
         ratios = [output_shape[a] / channels.shape[1 + a] for a in range(3)]
-        order = sorted(range(3), key=lambda a: (ratios[a] >= 1, ratios[a] if ratios[a] < 1 else -a))
+        order = sorted(range(3), key=lambda a: ratios[a])
         coordinates = {}
         for axis in range(3):
             along = matrix[axis, axis] * np.arange(output_shape[axis]) + offset[axis]

@@ -193,11 +193,12 @@ def start_from(cascade, config: dict, card: dict, folder: Path) -> None:
 
     earlier, earlier_card = load_model(folder, "cpu")
     same_crop = earlier_card["config"].get("crop") == config.get("crop")
-    # The coarse shifts are how a cascade is run, not part of the refiner's shape.
-    earlier_refine = dict(earlier_card["config"].get("refine") or {})
-    earlier_refine.pop("coarse_shifts_mm", None)
-    shape = {k: v for k, v in config["refine"].items() if k != "coarse_shifts_mm"}
-    if earlier_refine != shape or not same_crop:
+
+    def shape(refine: dict | None) -> dict:
+        # The coarse shifts are how a cascade is run, not part of the refiner's shape.
+        return {k: v for k, v in (refine or {}).items() if k != "coarse_shifts_mm"}
+
+    if shape(earlier_card["config"].get("refine")) != shape(config["refine"]) or not same_crop:
         raise MyoflowError(f"--init-from {folder}: not a refiner of this shape and crop")
     cascade.refiner.load_state_dict(earlier.refiner.state_dict())
 
