@@ -41,7 +41,7 @@ test: setup lint browser
 		$(BIN)/python -m pytest; \
 	fi
 
-## browser: as root, install Debian's chromium when missing (tests/test_report.py opens the
+## browser: as root, install Debian's chromium when missing (tests/cohort/test_report.py opens the
 ##          report in it; without it that test is skipped, saying why)
 browser:
 	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \

@@ -17,8 +17,7 @@ validate(config, "config/schemas/config.schema.yaml")
 
 
 include: "rules/common.smk"
-include: "rules/inventory.smk"
-include: "rules/convert.smk"
+include: "rules/ingest.smk"
 include: "rules/landmarks.smk"
 include: "rules/segment.smk"
 include: "rules/measure.smk"

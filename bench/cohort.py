@@ -11,7 +11,7 @@ formats for shards of 25:
 
 - ``measure.tsv`` per shard: every participant, 1 % excluded at ingestion (inventory or
   convert), 0.5 % at landmarks, 0.5 % at segmentation (carried forward, as the stages do);
-- ``metrics.tsv``: every key of :func:`myoflow.metrics.participant_metrics`, from
+- ``metrics.tsv``: every key of :func:`myoflow.measure.metrics.participant_metrics`, from
   ``truth.tsv`` where the names match (the rest: plausible stand-ins), floats at full
   precision, two 100-bin CSA profiles as JSON list text (the synthetic muscle's profile
   shape times each participant's maximum CSA, 3 % noise per bin);
@@ -34,11 +34,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from myoflow.io import read_tsv, write_tsv
-from myoflow.metrics import LABELS, participant_metrics
-from myoflow.shards import assign_shards
-from myoflow.stats import sampling
-from myoflow.stats.groups import UKBB_AGE_EDGES, age_groups
+from myoflow.cohort.stats import sampling
+from myoflow.cohort.stats.groups import UKBB_AGE_EDGES, age_groups
+from myoflow.core.io import read_tsv, write_tsv
+from myoflow.core.labels import LABELS
+from myoflow.core.shards import assign_shards
+from myoflow.measure.metrics import participant_metrics
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 from myoflow.synth.psoas_profile import relative_csa
 

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from myoflow.convert import CHANNELS, IngestSettings, convert_shard, prepare_participant
+from myoflow.core.volume import Volume
+from myoflow.ingest.convert import CHANNELS, IngestSettings, convert_shard, prepare_participant
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 from myoflow.synth.signal import ArtefactRates
-from myoflow.volume import Volume
 
 TARGET_RATIO = 2.0
 TARGET_PEAK_GB = 2.0
@@ -41,7 +41,7 @@ TARGET_PEAK_GB = 2.0
 _CONVERT_ONCE = """
 import resource, sys
 import pandas as pd
-from myoflow.convert import convert_shard
+from myoflow.ingest.convert import convert_shard
 members = pd.DataFrame({"participant_id": ["P1"], "shard": ["b"], "dicom_path": [sys.argv[1]]})
 inventory = pd.DataFrame({"participant_id": ["P1"], "status": ["ok"], "reason": [""]})
 convert_shard(members, sys.argv[2], inventory, log=lambda line: None)
@@ -112,7 +112,7 @@ def resampling_seconds() -> dict[str, float]:
     import SimpleITK as sitk
     from scipy import ndimage
 
-    from myoflow.stitch import sample
+    from myoflow.ingest.stitch import sample
     from myoflow.synth.geometry import Grid
 
     rng = np.random.default_rng(0)

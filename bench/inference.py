@@ -8,10 +8,10 @@ Full-size synthetic UK Biobank participants (224 x 174 x 370 voxels at 2.232 x 2
 stitched in memory with :func:`myoflow.synth.signal.stitched_channels`) and written as the
 conversion and landmarks stages leave them: ``dixon/{water,fat}.nii.gz`` (int16) and
 ``landmarks.json`` (the generator's true hip centres). Each is then segmented by the
-stage's own code (:func:`myoflow.segment.segment_one`: read, crop, infer, uncrop, clean,
+stage's own code (:func:`myoflow.segment.stage.segment_one`: read, crop, infer, uncrop, clean,
 write) on the CPU with ``--threads`` torch threads:
 
-- fixed cost: :func:`myoflow.model.card.load_model` (card, sha256 of the weights, build,
+- fixed cost: :func:`myoflow.segment.model.card.load_model` (card, sha256 of the weights, build,
   ``torch.load``), best of 3;
 - seconds per participant (wall, and CPU seconds of the process) with the model loaded
   once per shard (the stage) against the
@@ -27,10 +27,10 @@ muscles) randomly initialised and saved with :func:`save_model`. A random networ
 much of each crop, far more than a trained one, which makes uncrop and clean-up slow; so
 the timed runs use an oracle (:class:`OracleNet`) that runs the network for its cost and
 answers with the truth's partial-volume training targets on the crop
-(:func:`myoflow.model.targets.soft_targets`), as a perfect coarse model would.
+(:func:`myoflow.segment.model.targets.soft_targets`), as a perfect coarse model would.
 Its Dice against the truth checks the whole way back to the stitched grid. One run with
 the network's own output is shown as the upper bound. For a cascade (a model with a
-full-resolution refiner, :mod:`myoflow.model.refine`) the oracle is a perfect first stage
+full-resolution refiner, :mod:`myoflow.segment.model.refine`) the oracle is a perfect first stage
 without the refiner, so its Dice is the ceiling of the coarse grid; the network's run
 includes the refiner (column ``refine``).
 """
@@ -56,23 +56,24 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from myoflow import segment as seg
-from myoflow.crop import HIPS_COARSE_CROP, CropSpec, crop_participant
-from myoflow.io import save_nifti
-from myoflow.landmarks import HipLandmarks, lps_axes, read_landmarks, write_landmarks
-from myoflow.metrics import MUSCLES
-from myoflow.model.card import load_model, save_model, sha256_file
-from myoflow.model.predict import predict_probabilities, stitch_labels
-from myoflow.model.refine import coarse_network
-from myoflow.model.registry import build_model, parameter_count
-from myoflow.model.targets import soft_targets
-from myoflow.synth.anatomy import LABELS
+from myoflow.core.grid import lps_axes
+from myoflow.core.io import save_nifti
+from myoflow.core.labels import LABELS, MUSCLES
+from myoflow.core.volume import Volume
+from myoflow.landmarks.record import HipLandmarks, read_landmarks, write_landmarks
+from myoflow.segment import stage as seg
+from myoflow.segment.crop import HIPS_COARSE_CROP, CropSpec, crop_participant
+from myoflow.segment.model.card import load_model, save_model, sha256_file
+from myoflow.segment.model.labelling import stitch_labels
+from myoflow.segment.model.predict import predict_probabilities
+from myoflow.segment.model.refine import coarse_network
+from myoflow.segment.model.registry import build_model, parameter_count
+from myoflow.segment.model.targets import soft_targets
 from myoflow.synth.geometry import protocol
 from myoflow.synth.phenotypes import sample_cohort
 from myoflow.synth.render import render_participant
 from myoflow.synth.rng import participant_rng
 from myoflow.synth.signal import Artefacts, stitched_channels
-from myoflow.volume import Volume
 
 SHIPPED = Path(__file__).resolve().parents[1] / "resources" / "models" / "hips-cascade"
 SHARD_SIZE = 25

@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from myoflow.crop import GLUTEUS_CROP, ILIOPSOAS_CROP, CropSpec, crop_geometry
-from myoflow.hip_detection import detect_hips
-from myoflow.landmarks import LandmarkError
-from myoflow.synth.anatomy import LABELS
+from myoflow.core.labels import LABELS
+from myoflow.landmarks.hip_detection import detect_hips
+from myoflow.landmarks.record import LandmarkError
+from myoflow.segment.crop import GLUTEUS_CROP, ILIOPSOAS_CROP, CropSpec, crop_geometry
 from myoflow.synth.geometry import protocol
 from myoflow.synth.phenotypes import sample_cohort
 from myoflow.synth.render import render_participant

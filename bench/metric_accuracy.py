@@ -7,7 +7,8 @@ generated, ``bench/metric_accuracy.py --cohort DIR [DIR ...]``.
 Per protocol, ``myoflow synth`` (:func:`myoflow.synth.cohort.generate_cohort`, no
 artefacts) writes ``--participants`` participants; each one's
 ``truth/{participant}/labels.nii.gz`` is read and measured as the pipeline measures a
-mask (:func:`myoflow.metrics.read_labels`, :func:`myoflow.metrics.participant_metrics`,
+mask (:func:`myoflow.measure.metrics.read_labels`,
+:func:`myoflow.measure.metrics.participant_metrics`,
 with the participant's height from ``phenotypes.tsv`` for the IMI),
 and every measured column of ``truth.tsv`` is compared with the metric of the same name.
 Issue 5's figures, given the true mask: volumes (and the IMI, a volume over height^2)
@@ -27,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from myoflow import metrics
-from myoflow.io import read_tsv
+from myoflow.core.io import read_tsv
+from myoflow.measure import metrics
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 from myoflow.synth.signal import ArtefactRates
 

@@ -12,7 +12,7 @@ detection against the swapped tissue volume. Stations are stitched by averaging 
 overlaps (they are slabs of one lattice). A participant counts as positive if any station
 is swapped; issue 5 asks for sensitivity >= 0.95 and specificity >= 0.99 on at least 200.
 
-Metric accuracy compares :func:`myoflow.metrics.participant_metrics` on the noiseless
+Metric accuracy compares :func:`myoflow.measure.metrics.participant_metrics` on the noiseless
 images and the true label mask with ``truth`` (small grid for every participant, full grid
 for ``--full`` more); the psoas peak's z also with where the anatomy builds it (truth's
 own z is its largest slice, which a flat peak moves by a slice or two). Seconds per
@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from myoflow import metrics, overlay, qc, swaps
-from myoflow.io import save_nifti
+from myoflow.core.io import save_nifti
+from myoflow.core.labels import LABELS
+from myoflow.core.volume import int16_scaled
+from myoflow.measure import metrics, overlay, qc, swaps
 from myoflow.synth import phenotypes, psoas_profile
-from myoflow.synth.anatomy import LABELS
 from myoflow.synth.geometry import protocol
 from myoflow.synth.render import render_participant
 from myoflow.synth.rng import participant_rng
@@ -47,7 +48,6 @@ from myoflow.synth.signal import (
     stitched_channels,
     swap_region,
 )
-from myoflow.volume import int16_scaled
 
 CHANNELS = ("water", "fat", "in", "opp")
 ONLY_SWAP = ArtefactRates(swap=1, partial_swap=0, missing_station=0, missing_channel=0)

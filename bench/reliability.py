@@ -67,7 +67,7 @@ from test_reliability import (  # noqa: E402  (the test module is the shared cod
     wrong_outcomes,
 )
 
-from myoflow.io import read_tsv  # noqa: E402
+from myoflow.core.io import read_tsv  # noqa: E402
 
 
 def timed(what: str, action):

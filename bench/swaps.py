@@ -5,11 +5,11 @@ Run: ``.venv/bin/python bench/swaps.py [--participants 200] [--size small] [--gr
 Each synthetic UK Biobank participant is rendered (``--size``: ``small`` is the
 4.46 x 4.46 x 6 mm grid the demo and tests use, ``full`` the 2.23 x 2.23 x 3 mm one) and
 acquired once with its own coil bias and noise; its stations are resampled and blended
-onto one grid by :func:`myoflow.stitch.stitch`, as ``myoflow convert`` does (``--grid
+onto one grid by :func:`myoflow.ingest.stitch.stitch`, as ``myoflow convert`` does (``--grid
 ukbb``: the 2.23 x 2.23 x 3 mm grid that ``ingest.grid.spacing_mm`` defaults to, so small
 stations are upsampled twofold; ``--grid native``: the stations' own lattice, as
 bench/qc_metrics.py stitches them). It is judged three ways by
-:func:`myoflow.swaps.detect_swaps`: clean, with a whole-station swap and with a partial
+:func:`myoflow.measure.swaps.detect_swaps`: clean, with a whole-station swap and with a partial
 swap planted (drawn as ``myoflow synth`` draws them,
 :func:`myoflow.synth.signal.sample_artefacts`). ``--baseline`` judges the same
 acquisitions with another version of swaps.py, for a before / after table.
@@ -33,7 +33,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
-from myoflow import stitch, swaps
+from myoflow.ingest import stitch
+from myoflow.measure import swaps
 from myoflow.synth import phenotypes
 from myoflow.synth.geometry import protocol
 from myoflow.synth.render import render_participant
@@ -57,7 +58,7 @@ MAX_LISTED = 12  # wrongly judged acquisitions the report lists, per detector
 @functools.cache
 def detectors(baseline: str | None) -> dict:
     """``detect_swaps`` by label: this checkout's, and a baseline's from a file if given
-    (e.g. ``git show HEAD:workflow/myoflow/swaps.py > /tmp/swaps_head.py``), so both judge
+    (e.g. ``git show HEAD:workflow/myoflow/measure/swaps.py > /tmp/swaps_head.py``), so both judge
     the very same acquisitions."""
     found = {"current": swaps.detect_swaps}
     if baseline:

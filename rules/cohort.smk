@@ -9,14 +9,14 @@ rule cohort_participants:
         sheet=config["participants"],
         phenotypes=config["phenotypes"],
         # The last stage's tables carry every earlier exclusion forward.
-        measure=expand("results/shards/{shard}/measure.tsv", shard=all_shards()),
-        metrics=expand("results/shards/{shard}/metrics.tsv", shard=all_shards()),
-        qc=expand("results/shards/{shard}/qc.tsv", shard=all_shards()),
+        measure=expand(results("shards/{shard}/measure.tsv"), shard=all_shards()),
+        metrics=expand(results("shards/{shard}/metrics.tsv"), shard=all_shards()),
+        qc=expand(results("shards/{shard}/qc.tsv"), shard=all_shards()),
     output:
-        participants="results/cohort/participants.tsv",
-        profiles="results/cohort/csa_profiles.tsv",
-        exclusions="results/cohort/exclusions.tsv",
-        outliers="results/cohort/outliers.tsv",
+        participants=results("cohort/participants.tsv"),
+        profiles=results("cohort/csa_profiles.tsv"),
+        exclusions=results("cohort/exclusions.tsv"),
+        outliers=results("cohort/outliers.tsv"),
     log:
         "logs/cohort/participants.log",
     benchmark:
@@ -30,6 +30,8 @@ rule cohort_participants:
         mem_mb=4500,
         runtime=30,
     params:
+        # A function: the folder of the shard tables above, however many there are.
+        shards_dir=lambda wildcards: results("shards"),
         shard_size=config["shards"]["size"],
         # Only the stats keys the gather reads: an analysis option reruns the statistics,
         # not the gather.
@@ -37,12 +39,12 @@ rule cohort_participants:
     # The command finds the shard tables from the sheet and shard size (thousands of
     # paths would not fit a command line).
     shell:
-        "myoflow gather --sheet {input.sheet} --shard-size {params.shard_size}"
-        " --shards-dir results/shards --phenotypes {input.phenotypes}"
-        " --stats {params.stats:q} --participants-out {output.participants}"
-        " --profiles-out {output.profiles}"
-        " --exclusions-out {output.exclusions} --outliers-out {output.outliers}"
-        " > {log} 2>&1"
+        "myoflow gather --sheet {input.sheet:q} --shard-size {params.shard_size}"
+        " --shards-dir {params.shards_dir:q} --phenotypes {input.phenotypes:q}"
+        " --stats {params.stats:q} --participants-out {output.participants:q}"
+        " --profiles-out {output.profiles:q}"
+        " --exclusions-out {output.exclusions:q} --outliers-out {output.outliers:q}"
+        " > {log:q} 2>&1"
 
 
 rule cohort_manual_agreement:
@@ -50,7 +52,7 @@ rule cohort_manual_agreement:
     input:
         masks=manual_masks(),
         # Every shard's segmentation table: new masks (a new model) rescore.
-        segment=expand("results/shards/{shard}/segment.tsv", shard=all_shards()),
+        segment=expand(results("shards/{shard}/segment.tsv"), shard=all_shards()),
     output:
         **MANUAL_AGREEMENT,
     log:
@@ -64,22 +66,24 @@ rule cohort_manual_agreement:
         # Two label maps in memory at a time; about 0.2 s per annotated participant.
         mem_mb=2000,
         runtime=30,
+    params:
+        participants_dir=results("participants"),
     shell:
-        "myoflow manual-agreement --masks {input.masks} --participants-dir results/participants"
-        " --dice-out {output.dice} --volumes-out {output.volumes}"
-        " --status-out {output.status} > {log} 2>&1"
+        "myoflow manual-agreement --masks {input.masks:q} --participants-dir {params.participants_dir:q}"
+        " --dice-out {output.dice:q} --volumes-out {output.volumes:q}"
+        " --status-out {output.status:q} > {log:q} 2>&1"
 
 
 rule cohort_statistics:
     """Run the configured cohort statistics, one TSV table each."""
     input:
-        participants="results/cohort/participants.tsv",
-        profiles="results/cohort/csa_profiles.tsv",
-        exclusions="results/cohort/exclusions.tsv",
+        participants=results("cohort/participants.tsv"),
+        profiles=results("cohort/csa_profiles.tsv"),
+        exclusions=results("cohort/exclusions.tsv"),
         manual=list(manual_annotations().values()),
     output:
         report(
-            directory("results/cohort/tables"),
+            directory(results("cohort/tables")),
             patterns=["{name}.tsv"],
             caption="../workflow/report/tables.rst",
             category="Tables",
@@ -100,19 +104,19 @@ rule cohort_statistics:
         stats=stats_json(),
         manual=manual_arguments(),
     shell:
-        "myoflow analyse --participants {input.participants}"
-        " --profiles {input.profiles} --exclusions {input.exclusions}"
-        " --stats {params.stats:q} {params.manual} --out {output} > {log} 2>&1"
+        "myoflow analyse --participants {input.participants:q}"
+        " --profiles {input.profiles:q} --exclusions {input.exclusions:q}"
+        " --stats {params.stats:q} {params.manual} --out {output:q} > {log:q} 2>&1"
 
 
 rule cohort_figures:
     """Draw the cohort figures (PNG and PDF) from the statistics tables."""
     input:
-        tables="results/cohort/tables",
-        participants="results/cohort/participants.tsv",
+        tables=results("cohort/tables"),
+        participants=results("cohort/participants.tsv"),
     output:
         report(
-            directory("results/cohort/figures"),
+            directory(results("cohort/figures")),
             patterns=["{name}.png"],
             caption="../workflow/report/figures.rst",
             category="Figures",
@@ -130,23 +134,24 @@ rule cohort_figures:
         mem_mb=1500,
         runtime=30,
     params:
+        participants_dir=results("participants"),
         stats=stats_json(),
     # The QC montage reads the overlays of four participants under results/participants.
     shell:
-        "myoflow plot --tables {input.tables} --participants {input.participants}"
-        " --stats {params.stats:q} --participants-dir results/participants"
-        " --out {output} > {log} 2>&1"
+        "myoflow plot --tables {input.tables:q} --participants {input.participants:q}"
+        " --stats {params.stats:q} --participants-dir {params.participants_dir:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule cohort_report:
     """Write the cohort report: one self-contained HTML page."""
     input:
-        tables="results/cohort/tables",
-        figures="results/cohort/figures",
+        tables=results("cohort/tables"),
+        figures=results("cohort/figures"),
         card=model_card(),
     output:
         report(
-            "results/cohort/report.html",
+            results("cohort/report.html"),
             caption="../workflow/report/report.rst",
             category="Report",
         ),
@@ -164,7 +169,9 @@ rule cohort_report:
     params:
         # The whole config: the methods describe the grid, QC and model as run.
         config=json.dumps(config, sort_keys=True, separators=(",", ":")),
-        card=lambda wildcards, input: f"--model-card {input.card}" if input.card else "",
+        card=lambda wildcards, input: (
+            f"--model-card {shlex.quote(str(input.card))}" if input.card else ""
+        ),
     shell:
-        "myoflow report --tables {input.tables} --figures {input.figures}"
-        " --config {params.config:q} {params.card} --out {output} > {log} 2>&1"
+        "myoflow report --tables {input.tables:q} --figures {input.figures:q}"
+        " --config {params.config:q} {params.card} --out {output:q} > {log:q} 2>&1"

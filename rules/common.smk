@@ -4,16 +4,19 @@
 
 import json
 import os
+import shlex
 
-from myoflow.participants import (
+from myoflow.core.sheet import (
     PARTICIPANT_WILDCARD,
     load_sheet,
     resolve_dicom_path,
     validate_sheet,
 )
-from myoflow.shards import SHARD_WILDCARD, assign_shards
+from myoflow.core.shards import SHARD_WILDCARD, assign_shards
 from snakemake.exceptions import WorkflowError
 
+RESULTS_DIR = config["results"]
+"""Where every output of the run goes (config `results`): participants, shards, cohort."""
 SHEET_PATH = config["participants"]
 SHEET = load_sheet(SHEET_PATH)
 validate_sheet(SHEET, source=SHEET_PATH)
@@ -29,6 +32,11 @@ SHARD_DICOM = {
 wildcard_constraints:
     shard=SHARD_WILDCARD,
     participant=PARTICIPANT_WILDCARD,
+
+
+def results(path):
+    """`path` under the run's results folder, e.g. results("shards/{shard}/convert.tsv")."""
+    return os.path.join(RESULTS_DIR, path)
 
 
 def all_shards():
@@ -60,11 +68,11 @@ def ingest_json():
 def final_outputs():
     """Every target of `rule all`."""
     return [
-        "results/cohort/inventory.tsv",
-        "results/cohort/convert.tsv",
-        "results/cohort/participants.tsv",
-        "results/cohort/exclusions.tsv",
-        "results/cohort/report.html",
+        results("cohort/inventory.tsv"),
+        results("cohort/convert.tsv"),
+        results("cohort/participants.tsv"),
+        results("cohort/exclusions.tsv"),
+        results("cohort/report.html"),
     ]
 
 
@@ -80,7 +88,7 @@ GATHER_STATS_KEYS = (
     "required_metrics",
     "outliers",
 )
-"""The stats keys `myoflow gather` reads (myoflow.cohort.GatherSettings.from_config;
+"""The stats keys `myoflow gather` reads (myoflow.cohort.gather.GatherSettings.from_config;
 tests/test_releases.py checks that the two agree)."""
 
 
@@ -96,9 +104,9 @@ def gather_stats_json():
 
 
 MANUAL_AGREEMENT = {
-    "dice": "results/cohort/manual/dice.tsv",
-    "volumes": "results/cohort/manual/volumes.tsv",
-    "status": "results/cohort/manual/status.tsv",
+    "dice": results("cohort/manual/dice.tsv"),
+    "volumes": results("cohort/manual/volumes.tsv"),
+    "status": results("cohort/manual/status.tsv"),
 }
 """What rule cohort_manual_agreement writes when manual masks are configured."""
 
@@ -128,7 +136,9 @@ def manual_annotations():
 def manual_arguments():
     """`myoflow analyse` options naming the manual annotation tables."""
     option = {"volumes": "--manual", "dice": "--dice"}
-    return " ".join(f"{option[k]} {path}" for k, path in manual_annotations().items())
+    return " ".join(
+        f"{option[k]} {shlex.quote(path)}" for k, path in manual_annotations().items()
+    )
 
 
 def model_card():
@@ -164,9 +174,9 @@ def training_split(training):
 
 
 def training_budget(training):
-    """--max-minutes when the config sets a time budget (it does not change the recipe)."""
-    budget = training.get("max_minutes")
-    return "" if budget is None else f"--max-minutes {budget}"
+    """The training time budget for --max-minutes (text: it may be fractional); "0" when
+    the config sets none, which the commands read as no budget."""
+    return str(training.get("max_minutes") or 0)
 
 
 def training_start(training):

@@ -7,12 +7,12 @@ rule landmarks_shard:
         # As for the conversion: ancient() so a new release does not rerun old shards.
         sheet=ancient(config["participants"]),
         # Says who converted; those excluded earlier are passed on, not measured.
-        convert="results/shards/{shard}/convert.tsv",
+        convert=results("shards/{shard}/convert.tsv"),
     # Declared: the shard table, written last and atomically. Per participant the job
     # writes results/participants/{participant}/landmarks.json or exclusion.json, and
     # skips participants whose landmarks.json is newer than their water and fat.
     output:
-        table="results/shards/{shard}/landmarks.tsv",
+        table=results("shards/{shard}/landmarks.tsv"),
     log:
         "logs/shards/{shard}/landmarks.log",
     benchmark:
@@ -27,8 +27,9 @@ rule landmarks_shard:
         # Minutes: ~5 for 25 full-size participants.
         runtime=30,
     params:
+        participants_dir=results("participants"),
         shard_size=config["shards"]["size"],
     shell:
-        "myoflow landmarks --sheet {input.sheet} --shard {wildcards.shard}"
-        " --shard-size {params.shard_size} --convert {input.convert}"
-        " --participants-dir results/participants --out {output.table} > {log} 2>&1"
+        "myoflow landmarks --sheet {input.sheet:q} --shard {wildcards.shard}"
+        " --shard-size {params.shard_size} --convert {input.convert:q}"
+        " --participants-dir {params.participants_dir:q} --out {output.table:q} > {log:q} 2>&1"

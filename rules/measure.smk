@@ -6,16 +6,16 @@ rule measure_shard:
     input:
         sheet=ancient(config["participants"]),
         # Who passed the landmarks and the segmentation; the rest are passed on.
-        landmarks="results/shards/{shard}/landmarks.tsv",
-        segment="results/shards/{shard}/segment.tsv",
+        landmarks=results("shards/{shard}/landmarks.tsv"),
+        segment=results("shards/{shard}/segment.tsv"),
     # Declared: three shard tables, the status table written last. Per participant the
     # job writes results/participants/{participant}/metrics.json, qc/overlay.png and
     # qc/flags.json (or exclusion.json), and skips participants whose flags.json is newer
     # than its inputs (redoing only the flags when the qc settings changed).
     output:
-        table="results/shards/{shard}/measure.tsv",
-        metrics="results/shards/{shard}/metrics.tsv",
-        qc="results/shards/{shard}/qc.tsv",
+        table=results("shards/{shard}/measure.tsv"),
+        metrics=results("shards/{shard}/metrics.tsv"),
+        qc=results("shards/{shard}/qc.tsv"),
     log:
         "logs/shards/{shard}/measure.log",
     benchmark:
@@ -30,13 +30,14 @@ rule measure_shard:
         # Minutes: ~3 for 25 full-size participants.
         runtime=20,
     params:
+        participants_dir=results("participants"),
         shard_size=config["shards"]["size"],
         # The qc section as JSON: changing a threshold reruns the shards (params trigger),
         # which redo only the flags.
         qc=json.dumps(config.get("qc", {}), sort_keys=True, separators=(",", ":")),
     shell:
-        "myoflow measure --sheet {input.sheet} --shard {wildcards.shard}"
-        " --shard-size {params.shard_size} --landmarks {input.landmarks}"
-        " --segment {input.segment} --qc {params.qc:q}"
-        " --participants-dir results/participants --metrics-table {output.metrics}"
-        " --qc-table {output.qc} --out {output.table} > {log} 2>&1"
+        "myoflow measure --sheet {input.sheet:q} --shard {wildcards.shard}"
+        " --shard-size {params.shard_size} --landmarks {input.landmarks:q}"
+        " --segment {input.segment:q} --qc {params.qc:q}"
+        " --participants-dir {params.participants_dir:q} --metrics-table {output.metrics:q}"
+        " --qc-table {output.qc:q} --out {output.table:q} > {log:q} 2>&1"

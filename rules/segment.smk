@@ -8,7 +8,7 @@ rule segment_shard:
         sheet=ancient(config["participants"]),
         # Says who passed the earlier stages; per participant the job reads landmarks.json
         # and dixon/{water,fat}.nii.gz (see docs/sharding.md).
-        landmarks="results/shards/{shard}/landmarks.tsv",
+        landmarks=results("shards/{shard}/landmarks.tsv"),
         # New weights or card rerun every shard (mtime), and inside the job every
         # participant (their segmentation.json names other weights); the job checks the
         # weights' sha256 against the card before using them.
@@ -18,7 +18,7 @@ rule segment_shard:
     # writes results/participants/{participant}/seg/labels.nii.gz and seg/segmentation.json,
     # or exclusion.json.
     output:
-        table="results/shards/{shard}/segment.tsv",
+        table=results("shards/{shard}/segment.tsv"),
     log:
         "logs/shards/{shard}/segment.log",
     benchmark:
@@ -37,6 +37,7 @@ rule segment_shard:
         # On SLURM the plugin asks for this many GPUs (the profile names the partition).
         gpu=0 if config["model"]["device"] == "cpu" else 1,
     params:
+        participants_dir=results("participants"),
         shard_size=config["shards"]["size"],
         device=config["model"]["device"],
         batch_size=config["model"]["batch_size"],
@@ -44,8 +45,8 @@ rule segment_shard:
         # than the masks (rules/common.smk).
         model=model_identity(),
     shell:
-        "myoflow segment --sheet {input.sheet} --shard {wildcards.shard}"
-        " --shard-size {params.shard_size} --landmarks {input.landmarks}"
-        " --model-card {input.card} --device {params.device}"
+        "myoflow segment --sheet {input.sheet:q} --shard {wildcards.shard}"
+        " --shard-size {params.shard_size} --landmarks {input.landmarks:q}"
+        " --model-card {input.card:q} --device {params.device}"
         " --batch-size {params.batch_size} --threads {threads}"
-        " --participants-dir results/participants --out {output.table} > {log} 2>&1"
+        " --participants-dir {params.participants_dir:q} --out {output.table:q} > {log:q} 2>&1"

@@ -2,7 +2,7 @@
 # `snakemake refine` adds a full-resolution second stage trained on the same participants,
 # and `snakemake calibrate` sets per-label thresholds (of the refined model when
 # training.refine.enabled) on training.calibration_pairs (none is part of `rule all`). The
-# logic lives in myoflow.model.training_run, .refine_train and .calibrate; see
+# logic lives in myoflow.segment.model.training_run, .refine_train and .calibrate; see
 # config/config.yaml.
 
 TRAINING = config["training"]
@@ -30,6 +30,10 @@ rule train:
         "../envs/myoflow.yaml"
     threads: TRAINING["threads"]
     resources:
+        # Resources, not params: where and how long it runs do not change the model,
+        # so neither reruns a finished training.
+        device=str(TRAINING["device"]),
+        max_minutes=training_budget(TRAINING),
         # Samples of 48 participants at hips_coarse take ~0.3 GB; the network at width
         # 0.5 and batch 3 a few GB more.
         mem_mb=16000,
@@ -39,6 +43,7 @@ rule train:
         gpu=1 if str(TRAINING["device"]).startswith("cuda") else 0,
     # Only what changes the model; paths, threads, device and the budget stay out.
     params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
         labels=" ".join(TRAINING["labels"]),
         width=TRAINING["width"],
         crop=TRAINING["crop"],
@@ -49,19 +54,19 @@ rule train:
         split=training_split(TRAINING),
         seed=TRAINING["seed"],
         start=(
-            f" --init-from {TRAINING['init_from']}"
+            f" --init-from {shlex.quote(TRAINING['init_from'])}"
             if TRAINING.get("init_from")
             else ""
         ),
     shell:
-        "myoflow train --pairs {input.pairs} --out $(dirname {output.model})"
+        "myoflow train --pairs {input.pairs:q} --out {params.out_dir:q}"
         " --labels {params.labels} --width {params.width} --crop {params.crop}"
         " --epochs {params.epochs} --copies {params.copies}"
         " --batch-size {params.batch_size} --lr {params.learning_rate}"
         " {params.split} --seed {params.seed} --threads {threads}"
         "{params.start}"
-        f" --device {TRAINING['device']} {training_budget(TRAINING)}"
-        " > {log} 2>&1"
+        " --device {resources.device} --max-minutes {resources.max_minutes}"
+        " > {log:q} 2>&1"
 
 
 rule refine:
@@ -83,11 +88,17 @@ rule refine:
         "../envs/myoflow.yaml"
     threads: TRAINING["threads"]
     resources:
+        # Resources, not params: where and how long it runs do not change the model,
+        # so neither reruns a finished training.
+        device=str(TRAINING["device"]),
+        max_minutes=training_budget(TRAINING),
         # Fine crops of ~30 full-size participants in float16: ~3.5 GB.
         mem_mb=12000,
         runtime=int(TRAINING.get("max_minutes") or 24 * 60) + 60,
         gpu=1 if str(TRAINING["device"]).startswith("cuda") else 0,
     params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
+        model_dir=lambda wildcards, input: os.path.dirname(input.model),
         steps=REFINE.get("steps", 1500),
         batch_size=REFINE.get("batch_size", 4),
         patch=" ".join(str(n) for n in REFINE.get("patch", [64, 64, 64])),
@@ -100,15 +111,15 @@ rule refine:
         ),
         seed=TRAINING["seed"],
     shell:
-        "myoflow refine --model $(dirname {input.model}) --pairs {input.pairs}"
-        " --train-split {input.split} --held-out-pairs {input.pairs} --split {input.split}"
-        " --out $(dirname {output.model}) --steps {params.steps}"
+        "myoflow refine --model {params.model_dir:q} --pairs {input.pairs:q}"
+        " --train-split {input.split:q} --held-out-pairs {input.pairs:q} --split {input.split:q}"
+        " --out {params.out_dir:q} --steps {params.steps}"
         " --batch-size {params.batch_size} --patch {params.patch}"
         " --learning-rate {params.learning_rate} --features {params.features}"
         " --dilations {params.dilations} {params.shifts} --seed {params.seed}"
         " --threads {threads}"
-        f" --device {TRAINING['device']} {training_budget(TRAINING)}"
-        " > {log} 2>&1"
+        " --device {resources.device} --max-minutes {resources.max_minutes}"
+        " > {log:q} 2>&1"
 
 
 rule calibrate:
@@ -132,13 +143,19 @@ rule calibrate:
         "../envs/myoflow.yaml"
     threads: TRAINING["threads"]
     resources:
+        # Resources, not params: where and how long it runs do not change the model,
+        # so neither reruns a finished training.
+        device=str(TRAINING["device"]),
         # Candidate voxels of ~30 full-size participants: ~20 MB each.
         mem_mb=8000,
         runtime=120,
         gpu=1 if str(TRAINING["device"]).startswith("cuda") else 0,
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
+        model_dir=lambda wildcards, input: os.path.dirname(input.model),
     shell:
-        "myoflow calibrate --model $(dirname {input.model}) --pairs {input.pairs}"
-        " --held-out-pairs {input.held_out_pairs} --split {input.split}"
-        " --out $(dirname {output.model}) --threads {threads}"
-        f" --device {TRAINING['device']}"
-        " > {log} 2>&1"
+        "myoflow calibrate --model {params.model_dir:q} --pairs {input.pairs:q}"
+        " --held-out-pairs {input.held_out_pairs:q} --split {input.split:q}"
+        " --out {params.out_dir:q} --threads {threads}"
+        " --device {resources.device}"
+        " > {log:q} 2>&1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import zipfile
@@ -139,3 +140,10 @@ def dcm2niix_binary() -> str | None:
     """The dcm2niix from the test environment's PyPI package, else one on PATH, else None."""
     beside = Path(sys.executable).parent / "dcm2niix"
     return str(beside) if beside.exists() else shutil.which("dcm2niix")
+
+
+def progress_outcomes(lines: list[str]) -> list[str]:
+    """The shard runner's progress lines without their counter and timing:
+    ``[2/3] P1: ok (1.2 s, ETA 0:01)`` -> ``P1: ok``; other lines are dropped."""
+    pattern = re.compile(r"^\[\d+/\d+\] (.*) \(\d+\.\d s, ETA [\d:]+\)$")
+    return [match.group(1) for line in lines if (match := pattern.match(line))]

@@ -24,9 +24,9 @@ from dicom_helpers import write_sheet
 from test_convert import NO_ARTEFACTS
 from test_workflow import ROOT, check, copy_workflow, job_counts, snakemake
 
-from myoflow.cohort import GatherSettings
-from myoflow.io import read_tsv
-from myoflow.model.card import read_card, save_model
+from myoflow.cohort.gather import GatherSettings
+from myoflow.core.io import read_tsv
+from myoflow.segment.model.card import read_card, save_model
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 
 pytestmark = pytest.mark.workflow

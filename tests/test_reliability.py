@@ -44,7 +44,7 @@ import pytest
 import yaml
 from test_workflow import BIN, WORKFLOW_FILES, copy_workflow
 
-from myoflow.io import read_tsv, save_nifti
+from myoflow.core.io import read_tsv, save_nifti
 from myoflow.synth import corrupt
 
 pytestmark = pytest.mark.workflow
@@ -296,7 +296,7 @@ def pytest_kill_points() -> list[KillPoint]:
 
 def temporaries(workdir: Path) -> list[Path]:
     """Hidden files under results/: what an interrupted atomic write leaves behind
-    (``myoflow.io.atomic_path`` names them ``.{name}.{random}{suffixes}``); Snakemake's
+    (``myoflow.core.io.atomic_path`` names them ``.{name}.{random}{suffixes}``); Snakemake's
     own ``.snakemake_timestamp`` of directory outputs is not one."""
     return sorted(
         path
@@ -421,7 +421,7 @@ def lost_participants(cohort: Path, workdir: Path) -> list[str]:
 
 
 STAGES = ("ingestion", "landmarks", "segmentation", "qc", "metrics", "phenotype")
-"""The cohort's stages in order (myoflow.stats.cohort.STAGES): a participant's row in
+"""The cohort's stages in order (myoflow.cohort.stats.cohort.STAGES): a participant's row in
 exclusions.tsv names the first that excluded it."""
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from dicom_helpers import make_dicom_folder, write_sheet, zip_folder
 
-from myoflow.io import read_tsv
+from myoflow.core.io import read_tsv
 
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
@@ -183,3 +183,28 @@ def test_real_run_then_a_new_release(workdir):
     cohort = read_tsv(workdir / "results" / "cohort" / "inventory.tsv")
     assert cohort["status"].tolist() == ["ok"] * 4
     assert json.loads((participants / "P003" / "exclusion.json").read_text())["stage"] == "convert"
+
+
+def test_paths_with_spaces_and_a_configured_results_folder(tmp_path):
+    """Every path a rule passes to a shell command is quoted, and every output goes under
+    config `results`: a workflow folder, a sheet, DICOM and a results folder whose names
+    hold spaces run through the ingestion, and nothing is written to results/."""
+    workdir = tmp_path / "my cohort"
+    workdir.mkdir()
+    copy_workflow(workdir)
+    make_dicom_folder(workdir / "raw data" / "dicom" / "P 001")
+    write_sheet(workdir / "raw data" / "sheet one.tsv", [("P001", "dicom/P 001", "r1")])
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    config |= {"participants": "raw data/sheet one.tsv", "results": "run 1"}
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    targets = [f"run 1/cohort/{name}.tsv" for name in ("inventory", "convert")]
+    check(snakemake(*targets, "--profile", "config/profiles/local", "--cores", "2", cwd=workdir))
+
+    inventory = read_tsv(workdir / "run 1" / "cohort" / "inventory.tsv")
+    assert (inventory["participant_id"].tolist(), inventory["status"].tolist()) == (
+        ["P001"],
+        ["ok"],
+    )
+    assert (workdir / "run 1" / "participants" / "P001" / "dicom" / "inventory.tsv").is_file()
+    assert (workdir / "run 1" / "shards" / "r1-0000" / "convert.tsv").is_file()
+    assert not (workdir / "results").exists()

@@ -24,8 +24,8 @@ from myoflow.commands import (
     synth,
     train,
 )
-from myoflow.errors import MyoflowError
-from myoflow.io import OutputError
+from myoflow.core.errors import MyoflowError
+from myoflow.core.io import OutputError
 
 COMMANDS = [
     inventory,

@@ -6,8 +6,8 @@ paths than one shell command line may hold.
 
 import sys
 
-from myoflow.gather import concat_tables
-from myoflow.io import write_tsv
+from myoflow.core.io import write_tsv
+from myoflow.core.tables import concat_tables
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script: directive
 

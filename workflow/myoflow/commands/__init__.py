@@ -15,8 +15,8 @@ from typing import TypeVar
 
 import pandas as pd
 
-from myoflow.participants import load_sheet, resolve_dicom_path, validate_sheet
-from myoflow.shards import assign_shards, shard_members
+from myoflow.core.shards import assign_shards, shard_members
+from myoflow.core.sheet import load_sheet, resolve_dicom_path, validate_sheet
 
 Settings = TypeVar("Settings")
 
@@ -74,7 +74,7 @@ def shard_members_of(args: argparse.Namespace) -> pd.DataFrame:
     """The shard's rows of the validated sheet, with ``dicom_path`` resolved.
 
     Membership is recomputed from the sheet and shard size exactly as the workflow
-    computes it (:func:`myoflow.shards.assign_shards`).
+    computes it (:func:`myoflow.core.shards.assign_shards`).
     """
     sheet = load_sheet(args.sheet)
     validate_sheet(sheet, source=str(args.sheet))

@@ -6,10 +6,10 @@ import argparse
 import time
 from pathlib import Path
 
-from myoflow.analysis import AnalysisSettings, run_analysis
-from myoflow.analysis_tables import read_analysis_cohort, read_profiles, write_tables
+from myoflow.cohort.analysis import AnalysisSettings, run_analysis
+from myoflow.cohort.analysis_tables import read_analysis_cohort, read_profiles, write_tables
 from myoflow.commands import json_object
-from myoflow.io import read_tsv
+from myoflow.core.io import read_tsv
 
 HELP = "run the configured cohort statistics on the analysis table"
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from myoflow.errors import MyoflowError
-from myoflow.io import write_json, write_text, write_tsv
+from myoflow.core.errors import MyoflowError
+from myoflow.core.io import write_json, write_text, write_tsv
 
 HELP = "calibrate a trained model's per-label thresholds on annotated participants"
 
@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             f"{HELP[0].upper()}{HELP[1:]}: for each label the threshold at which the "
             "model's total volume over the calibration participants equals the annotated "
-            "total (myoflow.model.calibrate). Calibration participants must be neither "
+            "total (myoflow.segment.model.calibrate). Calibration participants must be neither "
             "training nor held-out participants of the model. Writes OUT/model.pt (the same "
             "weights), OUT/model_card.json with the thresholds in its config and a "
             "'calibration' section, OUT/calibration.tsv and, with --held-out-pairs, a new "
@@ -62,18 +62,18 @@ def run(args: argparse.Namespace) -> int:
     """Calibrate, evaluate on the held-out pairs if given, write the calibrated model."""
     import torch
 
-    from myoflow.model.calibrate import (
+    from myoflow.segment.model.calibrate import (
         MAX_SWEEPS,
         calibrate_thresholds,
         calibration_table,
         collect_pairs,
     )
-    from myoflow.model.card import CARD_FILE, load_model, sha256_file, verify_weights
-    from myoflow.model.evaluate import evaluate, render_model_card
-    from myoflow.model.predict import model_labels
-    from myoflow.model.registry import crop_spec
-    from myoflow.model.samples import hash_inputs, read_pairs, training_data_sha256
-    from myoflow.model.training_run import resolve_device, software_versions
+    from myoflow.segment.model.card import CARD_FILE, load_model, sha256_file, verify_weights
+    from myoflow.segment.model.evaluate import evaluate, render_model_card
+    from myoflow.segment.model.predict import model_labels
+    from myoflow.segment.model.registry import crop_spec
+    from myoflow.segment.model.samples import hash_inputs, read_pairs, training_data_sha256
+    from myoflow.segment.model.training_run import resolve_device, software_versions
 
     if args.model.resolve() == args.out.resolve():
         raise MyoflowError(f"--out {args.out} must be a new folder, not the model's own")
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             ),
             "sweeps": sweeps,
             "method": "per label, the threshold matching the total annotated volume "
-            "(myoflow.model.calibrate)",
+            "(myoflow.segment.model.calibrate)",
             "table": table.to_dict("records"),
             "software": software_versions(),
         },
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 def with_coarse_shifts(config: dict[str, Any], values: list[float]) -> dict[str, Any]:
     """``config`` whose cascade averages its first stage over the shifts in ``values``
     (flat (medial, posterior, superior) mm triples)."""
-    from myoflow.model.registry import ModelConfigError, check_config
+    from myoflow.segment.model.registry import ModelConfigError, check_config
 
     if config.get("refine") is None:
         raise MyoflowError("--coarse-shifts-mm needs a cascade (a model with a refiner)")
@@ -160,7 +160,7 @@ def with_coarse_shifts(config: dict[str, Any], values: list[float]) -> dict[str,
 def held_out_pairs(args: argparse.Namespace) -> list[Any]:
     """The pairs of ``--held-out-pairs``: only the ``--held-out`` ids, or the ``--split``'s
     held-out ids, when given."""
-    from myoflow.model.samples import read_pairs
+    from myoflow.segment.model.samples import read_pairs
 
     if args.held_out_pairs is None:
         if args.held_out or args.split:
@@ -197,7 +197,7 @@ def only_ids(pairs: list[Any], ids: list[str], source: Path) -> list[Any]:
 
 def held_out_data(card: dict[str, Any], held: list[Any], channels: Any) -> dict[str, Any]:
     """The card's ``data`` section with a new held-out set's size and data hash."""
-    from myoflow.model.samples import hash_inputs, training_data_sha256
+    from myoflow.segment.model.samples import hash_inputs, training_data_sha256
 
     return dict(card.get("data", {})) | {
         "held_out_participants": len(held),

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from myoflow.commands import add_shard_arguments, json_section, shard_members_of
-from myoflow.convert import IngestSettings, SettingsError, convert_shard
-from myoflow.io import read_tsv, write_tsv
+from myoflow.core.io import read_tsv, write_tsv
+from myoflow.ingest.convert import IngestSettings, SettingsError, convert_shard
 
 HELP = "convert and stitch the Dixon DICOM of every participant of one shard"
 

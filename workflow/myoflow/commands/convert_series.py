@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from myoflow.dicom import group_by_series, read_datasets, series_volumes
-from myoflow.errors import MyoflowError
+from myoflow.core.errors import MyoflowError
+from myoflow.ingest.dicom import group_by_series, read_datasets, series_volumes
 
 HELP = "convert one DICOM MR series (a folder) to NIfTI with dcm2niix's geometry"
 

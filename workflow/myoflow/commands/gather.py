@@ -6,12 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-from myoflow.cohort import GatherSettings, gather_cohort, write_cohort, write_exclusions
-from myoflow.cohort_inputs import read_cohort_inputs
+from myoflow.cohort.gather import GatherSettings, gather_cohort, write_cohort, write_exclusions
+from myoflow.cohort.inputs import read_cohort_inputs
 from myoflow.commands import json_object
-from myoflow.io import write_tsv
-from myoflow.participants import load_sheet, validate_sheet
-from myoflow.shards import assign_shards
+from myoflow.core.io import write_tsv
+from myoflow.core.shards import assign_shards
+from myoflow.core.sheet import load_sheet, validate_sheet
 
 HELP = "gather the shard tables into the analysis table and the exclusions"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from myoflow.commands import add_shard_arguments, shard_members_of
-from myoflow.inventory import inventory_shard
-from myoflow.io import write_tsv
+from myoflow.core.io import write_tsv
+from myoflow.ingest.inventory import inventory_shard
 
 HELP = "inventory the DICOM series of every participant of one shard"
 

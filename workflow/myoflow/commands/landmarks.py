@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from myoflow.commands import add_shard_arguments, shard_members_of
-from myoflow.hips import landmarks_shard
-from myoflow.io import read_tsv, write_tsv
+from myoflow.core.io import read_tsv, write_tsv
+from myoflow.landmarks.stage import landmarks_shard
 
 HELP = "find the hip joint centres of every converted participant of one shard"
 

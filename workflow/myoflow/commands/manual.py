@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from myoflow.io import write_tsv
-from myoflow.manual import manual_agreement, read_mask_sheet
+from myoflow.cohort.manual import manual_agreement, read_mask_sheet
+from myoflow.core.io import write_tsv
 
 HELP = "score the workflow's masks against manual label maps (Dice, manual volumes)"
 

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from myoflow.commands import add_shard_arguments, json_section, shard_members_of
-from myoflow.io import read_tsv
-from myoflow.measure import measure_shard, write_tables
-from myoflow.qc import QcError, QcSettings
+from myoflow.core.io import read_tsv
+from myoflow.measure.qc import QcError, QcSettings
+from myoflow.measure.stage import measure_shard, write_tables
 
 HELP = "measure metrics, QC flags and an overlay for every segmented participant of one shard"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from myoflow.analysis import AnalysisSettings
-from myoflow.analysis_tables import read_tables
-from myoflow.cohort_figures import POINT_COLUMNS, cohort_figures, write_figures
+from myoflow.cohort.analysis import AnalysisSettings
+from myoflow.cohort.analysis_tables import read_tables
+from myoflow.cohort.figures import POINT_COLUMNS, cohort_figures, write_figures
 from myoflow.commands import json_object
 
 HELP = "draw the cohort figures (PNG and PDF) from the analysis tables"

@@ -14,8 +14,8 @@ from myoflow.commands.calibrate import (
     pairs_of_split,
     with_coarse_shifts,
 )
-from myoflow.errors import MyoflowError
-from myoflow.io import write_text
+from myoflow.core.errors import MyoflowError
+from myoflow.core.io import write_text
 
 HELP = "train a full-resolution refiner (a cascade's second stage) for a trained model"
 
@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "refine",
         help=HELP,
         description=(
-            f"{HELP[0].upper()}{HELP[1:]} (myoflow.model.refine). The coarse network is "
+            f"{HELP[0].upper()}{HELP[1:]} (myoflow.segment.model.refine). The coarse network is "
             "frozen; the refiner learns, on the --pairs participants, to sharpen its "
             "probabilities at the stitched resolution. Writes OUT/model.pt (both stages), "
             "OUT/model_card.json (config with a 'refine' section, 'refine_training', and "
@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     held.add_argument(
         "--split", type=Path, help="only the held-out ids of this split.json (myoflow train)"
     )
-    # Defaults (None) are RefineSettings' and myoflow.model.refine's: torch is not
+    # Defaults (None) are RefineSettings' and myoflow.segment.model.refine's: torch is not
     # imported to build the command line.
     parser.add_argument("--steps", type=int, help="training steps (default 1500)")
     parser.add_argument("--batch-size", type=int, help="patches per step (default 4)")
@@ -75,7 +75,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(default: one unshifted crop)",
     )
     parser.add_argument(
-        "--max-minutes", type=float, help="stop training after this long (then evaluate, save)"
+        "--max-minutes",
+        type=float,
+        help="stop training after this long (then evaluate, save; 0: no limit)",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -86,18 +88,18 @@ def run(args: argparse.Namespace) -> int:
     """Prepare the refiner's samples, train it, evaluate the cascade, write it."""
     import torch
 
-    from myoflow.model.card import load_model, save_model
-    from myoflow.model.evaluate import evaluate, render_model_card
-    from myoflow.model.refine import DILATIONS, FEATURES, refine_config
-    from myoflow.model.refine_train import (
+    from myoflow.segment.model.card import load_model, save_model
+    from myoflow.segment.model.evaluate import evaluate, render_model_card
+    from myoflow.segment.model.refine import DILATIONS, FEATURES, refine_config
+    from myoflow.segment.model.refine_train import (
         RefineSettings,
         attach_refiner,
         prepare_refine_pairs,
         train_refiner,
     )
-    from myoflow.model.registry import model_channels, parameter_count
-    from myoflow.model.samples import hash_inputs, training_data_sha256
-    from myoflow.model.training_run import resolve_device, software_versions
+    from myoflow.segment.model.registry import model_channels, parameter_count
+    from myoflow.segment.model.samples import hash_inputs, training_data_sha256
+    from myoflow.segment.model.training_run import resolve_device, software_versions
 
     started = time.monotonic()
     if args.model.resolve() == args.out.resolve():
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     preparation_s = time.monotonic() - started
     for parameter in cascade.coarse.parameters():
         parameter.requires_grad_(False)
-    deadline = None if args.max_minutes is None else started + args.max_minutes * 60.0
+    deadline = None if not args.max_minutes else started + args.max_minutes * 60.0
     record = train_refiner(cascade.refiner, samples, settings, device, deadline, log)
     channels = model_channels(config)
     record |= {
@@ -172,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
 def training_pairs(args: argparse.Namespace) -> list:
     """The pairs of ``--pairs``, only the ``--train-split``'s training ids when given."""
-    from myoflow.model.samples import read_pairs
+    from myoflow.segment.model.samples import read_pairs
 
     pairs = read_pairs(args.pairs)
     if args.train_split is None:
@@ -189,7 +191,7 @@ def start_from(cascade, config: dict, card: dict, folder: Path) -> None:
     Raises:
         MyoflowError: it is not a cascade with this refiner shape over the same crop.
     """
-    from myoflow.model.card import load_model
+    from myoflow.segment.model.card import load_model
 
     earlier, earlier_card = load_model(folder, "cpu")
     same_crop = earlier_card["config"].get("crop") == config.get("crop")
@@ -205,7 +207,7 @@ def start_from(cascade, config: dict, card: dict, folder: Path) -> None:
 
 def init_record(folder: Path) -> dict:
     """Which cascade training started from, for the card."""
-    from myoflow.model.card import read_card
+    from myoflow.segment.model.card import read_card
 
     earlier = read_card(folder)
     record = earlier.get("refine_training", {})

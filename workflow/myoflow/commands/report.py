@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from myoflow.cohort.report import read_report_inputs, write_report
 from myoflow.commands import json_object
-from myoflow.report import read_report_inputs, write_report
 
 HELP = "write the cohort report: one self-contained HTML page"
 

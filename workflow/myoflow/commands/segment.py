@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 from myoflow.commands import add_shard_arguments, shard_members_of
-from myoflow.errors import MyoflowError
-from myoflow.io import read_tsv, write_tsv
+from myoflow.core.errors import MyoflowError
+from myoflow.core.io import read_tsv, write_tsv
 
 # torch and the model code load in run(), not here: `myoflow` imports every command module
 # to build its parser, and torch would add seconds to the start of every other command.
-CARD_FILE = "model_card.json"  # myoflow.model.card.CARD_FILE (a test checks they agree)
-DEVICES = ("auto", "cpu", "cuda")  # myoflow.segment.DEVICES
+CARD_FILE = "model_card.json"  # myoflow.segment.model.card.CARD_FILE (a test checks they agree)
+DEVICES = ("auto", "cpu", "cuda")  # myoflow.segment.stage.DEVICES
 
 HELP = "segment the muscles of every participant of one shard with one loaded model"
 
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the model once, segment the shard's participants, then write the shard table."""
     import torch
 
-    from myoflow.segment import load_segmenter, resolve_device, segment_shard
+    from myoflow.segment.stage import load_segmenter, resolve_device, segment_shard
 
     if args.model_card.name != CARD_FILE:
         raise MyoflowError(f"--model-card must name a {CARD_FILE}, got {args.model_card}")

@@ -11,15 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from myoflow.crop import GLUTEUS_CROP, HIPS_COARSE_CROP, HIPS_CROP, ILIOPSOAS_CROP, CropSpec
-from myoflow.errors import MyoflowError
-from myoflow.io import write_tsv
-from myoflow.metrics import GROUPS, MUSCLES
+from myoflow.core.errors import MyoflowError
+from myoflow.core.io import write_tsv
+from myoflow.core.labels import GROUPS, MUSCLES
+from myoflow.segment.crop import GLUTEUS_CROP, HIPS_COARSE_CROP, HIPS_CROP, ILIOPSOAS_CROP, CropSpec
 
 # torch and the model code load when a command runs, not here: `myoflow` imports every
 # command module, and every other command would pay torch's start-up (seconds).
 if TYPE_CHECKING:
-    from myoflow.model.train import Progress
+    from myoflow.segment.model.train import Progress
 
 CROPS = {c.name: c for c in (HIPS_COARSE_CROP, HIPS_CROP, ILIOPSOAS_CROP, GLUTEUS_CROP)}
 DEFAULT_LABELS = {
@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             f"{HELP[0].upper()}{HELP[1:]}. The pairs TSV has the columns participant_id, "
             "image_dir (folder with water/fat/in/opp.nii.gz), labels (label NIfTI with the "
-            "values of myoflow.synth.anatomy.LABELS) and optionally landmarks "
+            "values of myoflow.core.labels.LABELS) and optionally landmarks "
             "(landmarks.json; else the hips are detected); relative paths are relative to "
             "the TSV. Writes OUT/model.pt, OUT/model_card.json, OUT/MODEL_CARD.md, the "
             "held-out tables and, during training, OUT/checkpoint.pt."
@@ -91,7 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     running.add_argument(
         "--max-minutes",
         type=float,
-        help="time budget: stop after the step in progress, checkpoint, save the model",
+        help="time budget: stop after the step in progress, checkpoint, save the model (0: none)",
     )
     running.add_argument(
         "--checkpoint-minutes", type=float, default=10.0, help="checkpoint interval (10)"
@@ -121,7 +121,7 @@ def model_config(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         MyoflowError: the config file cannot be read or the result is invalid.
     """
-    from myoflow.model.registry import ModelConfigError, check_config
+    from myoflow.segment.model.registry import ModelConfigError, check_config
 
     config: dict[str, Any] = {"architecture": "vnet"}
     if args.config is not None:
@@ -172,10 +172,10 @@ def progress_printer(stream: TextIO = sys.stderr) -> Callable[[Progress], None]:
 
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate on the held-out participants and write the model."""
-    from myoflow.model.augment import AugmentSettings
-    from myoflow.model.samples import read_pairs
-    from myoflow.model.train import TrainSettings
-    from myoflow.model.training_run import SplitSettings, run_training
+    from myoflow.segment.model.augment import AugmentSettings
+    from myoflow.segment.model.samples import read_pairs
+    from myoflow.segment.model.train import TrainSettings
+    from myoflow.segment.model.training_run import SplitSettings, run_training
 
     config = model_config(args)
     try:
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         resume=args.resume,
         init_from=args.init_from,
-        max_minutes=args.max_minutes,
+        max_minutes=args.max_minutes or None,
         log=lambda line: print(line, file=sys.stderr, flush=True),
         progress=progress_printer(),
     )
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_pairs(args: argparse.Namespace) -> int:
     """Write the pairs TSV of a synthetic cohort."""
-    from myoflow.model.samples import pairs_table, synthetic_pairs
+    from myoflow.segment.model.samples import pairs_table, synthetic_pairs
 
     pairs = synthetic_pairs(args.synth, args.participants_dir)
     if not pairs:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from myoflow.core.labels import SIDES
 from myoflow.synth import psoas_profile
 from myoflow.synth.body_frame import (
     DIAPHRAGM_ABOVE_HIP_MM,
@@ -30,23 +31,9 @@ from myoflow.synth.geometry import Grid
 from myoflow.synth.shapes import EllipseStack, paint, stack, subsample_centres
 from myoflow.synth.skeleton import iliac_wing, pelvis_and_femur_shapes, spine_shapes
 
-SIDES = ("left", "right")
 TARGET_MUSCLES = ("gluteus_maximus", "gluteus_medius", "gluteus_minimus", "iliacus", "psoas_major")
 """Target muscles in painting order (last wins)."""
 
-LABELS = {
-    "psoas_major_left": 1,
-    "psoas_major_right": 2,
-    "iliacus_left": 3,
-    "iliacus_right": 4,
-    "gluteus_maximus_left": 5,
-    "gluteus_maximus_right": 6,
-    "gluteus_medius_left": 7,
-    "gluteus_medius_right": 8,
-    "gluteus_minimus_left": 9,
-    "gluteus_minimus_right": 10,
-}
-"""Ground-truth label values (iliopsoas = psoas major + iliacus of one side)."""
 
 PSOAS_ASPECT = 1.25  # lateral over antero-posterior semi-axis of the psoas cross-section
 

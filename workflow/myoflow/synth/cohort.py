@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 from myoflow import __version__
-from myoflow.io import save_nifti, write_json, write_tsv
+from myoflow.core.io import save_nifti, write_json, write_tsv
+from myoflow.core.labels import LABELS
 from myoflow.synth import atlas, corrupt, phenotypes, psoas_profile
-from myoflow.synth.anatomy import LABELS
 from myoflow.synth.dicom_writer import PatientInfo, SeriesInfo, write_series, zip_directory
 from myoflow.synth.geometry import Protocol, protocol
+from myoflow.synth.identifiers import planted_identifiers
 from myoflow.synth.planted import planted_effects
 from myoflow.synth.render import render_participant
 from myoflow.synth.rng import participant_rng
@@ -44,37 +45,6 @@ from myoflow.synth.signal import (
     sample_artefacts,
     station_channels,
     station_grid,
-)
-
-_SURNAMES = (
-    "Hartley",
-    "Okafor",
-    "Lindqvist",
-    "Moreau",
-    "Castellano",
-    "Brennan",
-    "Nakamura",
-    "Petrov",
-    "Achterberg",
-    "Quinlan",
-)
-_GIVEN = (
-    "Imogen",
-    "Tobias",
-    "Saoirse",
-    "Mateo",
-    "Ingrid",
-    "Rafael",
-    "Anouk",
-    "Casimir",
-    "Fenella",
-    "Oskar",
-)
-_INSTITUTIONS = (
-    "Stockport Imaging Centre",
-    "Reading Imaging Centre",
-    "Newcastle Imaging Centre",
-    "Bristol Imaging Centre",
 )
 
 
@@ -96,26 +66,6 @@ class CohortSpec:
     workers: int = 1
     noiseless: bool = False  # also write truth/{participant}/water_noiseless.nii.gz
     bad_inputs: float = 0.0  # fraction of participants given one case of corrupt.CASES
-
-
-def planted_identifiers(seed: int, index: int, participant: pd.Series) -> PatientInfo:
-    """Fake but realistic identifiers for the DICOM headers of one participant."""
-    rng = participant_rng(seed, index, "identifiers")
-    study_day = np.datetime64("2014-04-01") + int(rng.integers(0, 2200))
-    birth_day = study_day - int(round(float(participant["age"]) * 365.25))
-    given = _GIVEN[int(rng.integers(len(_GIVEN)))]
-    return PatientInfo(
-        patient_name=f"{_SURNAMES[int(rng.integers(len(_SURNAMES)))]}^{given}",
-        patient_id=f"HOSP-{int(rng.integers(10**7, 10**8))}",
-        birth_date=str(birth_day).replace("-", ""),
-        sex=str(participant["sex"]),
-        age_years=int(participant["age"]),
-        weight_kg=float(participant["weight_kg"]),
-        height_m=float(participant["height_cm"]) / 100,
-        institution=_INSTITUTIONS[int(rng.integers(len(_INSTITUTIONS)))],
-        study_date=str(study_day).replace("-", ""),
-        study_time="".join(f"{int(v):02d}" for v in (rng.integers(8, 19), *rng.integers(0, 60, 2))),
-    )
 
 
 def planned_hips(table: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
-from myoflow.io import atomic_path
+from myoflow.core.io import atomic_path
 from myoflow.synth.scanner_tags import CHANNELS, channel_tags, scanner_tags
 
 # Twelve stored bits, as Siemens magnitude images use; the rescale maps them back to the

@@ -1,6 +1,6 @@
 """Acquisition geometry of the synthetic protocols: the stitched grid and its stations.
 
-(:class:`~myoflow.grid.Grid` is re-exported here for the generator's callers.)
+(:class:`~myoflow.core.grid.Grid` is re-exported here for the generator's callers.)
 
 All positions are DICOM patient coordinates (LPS, mm): +x to the patient's left, +y to
 posterior, +z to superior (head). Internal arrays are indexed (i, j, k) with i -> +x,
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from myoflow.grid import Grid
+from myoflow.core.grid import Grid
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from myoflow.synth.anatomy import LABELS
+from myoflow.core.labels import COLOURS, LABELS
 from myoflow.synth.geometry import Grid
-
-COLOURS = {
-    "psoas_major": "#e6194b",
-    "iliacus": "#f58231",
-    "gluteus_maximus": "#3cb44b",
-    "gluteus_medius": "#4363d8",
-    "gluteus_minimus": "#f032e6",
-}
 
 
 def show_slice(ax, image_2d: np.ndarray, labels_2d: np.ndarray, aspect: float, vmax: float) -> None:
@@ -56,7 +48,7 @@ def render_preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from myoflow.io import atomic_path
+    from myoflow.core.io import atomic_path
 
     sx, sy, sz = grid.spacing_mm
     nx, ny, nz = grid.shape

@@ -21,8 +21,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from myoflow.core.labels import LABELS
 from myoflow.synth import atlas, labelmap
-from myoflow.synth.anatomy import LABELS, build_shapes
+from myoflow.synth.anatomy import build_shapes
 from myoflow.synth.body import body_layer, inside_distance_mm, sat_profile_mm
 from myoflow.synth.body_frame import BodyFrame, posterior_skin
 from myoflow.synth.geometry import Grid
@@ -38,7 +39,7 @@ class Phantom:
 
     water: np.ndarray  # float32 (nx, ny, nz)
     fat: np.ndarray
-    labels: np.ndarray  # uint8, values of anatomy.LABELS
+    labels: np.ndarray  # uint8, values of core.labels.LABELS
     truth: dict[str, float]
     frame: BodyFrame
     slice_ml: np.ndarray  # (label value, slice): exact volume counted on the supersamples

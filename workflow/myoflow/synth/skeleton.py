@@ -2,7 +2,7 @@
 
 Shapes are placed in the participant's :class:`~myoflow.synth.body_frame.BodyFrame`.
 Every bone is a cortex :data:`CORTEX_MM` thick around marrow (the femoral heads are the
-balls of marrow that :mod:`myoflow.hip_detection` finds). :func:`iliac_wing` also guides
+balls of marrow that :mod:`myoflow.landmarks.hip_detection` finds). :func:`iliac_wing` also guides
 the iliacus and glutei of :mod:`myoflow.synth.anatomy`, which lie against it.
 """
 

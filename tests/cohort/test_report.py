@@ -1,0 +1,238 @@
+"""The cohort report: figures, methods from config and model card, self-contained HTML that
+a real browser renders; and the cohort rules under Snakemake, `--report` included."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+from test_cohort_stage import command, gather, synth_cohort, write_pipeline
+from test_workflow import check, copy_workflow, snakemake
+
+from myoflow.cohort.figures import MONTAGE
+from myoflow.cohort.report import ReportInputs, read_report_inputs, render_report
+from myoflow.commands import analyse, plot, report
+
+ROOT = Path(__file__).parents[2]
+CHROMIUM = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None
+)
+CARD = {
+    "config": {"architecture": "vnet", "in_channels": 2, "labels": ["iliopsoas"], "width": 0.5},
+    "weights_sha256": "ab" * 32,
+    "held_out": {"participants": 4, "dice": {"iliopsoas": {"n": 8, "mean": 0.912, "sd": 0.02}}},
+}
+
+
+def overlay(path: Path, value: int) -> None:
+    """A stand-in overlay PNG (the QC stage draws the real ones)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.full((60, 90, 3), value, dtype=np.uint8)
+    image[20:40, 30:60] = (220, 40, 40)
+    Image.fromarray(image).save(path)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """60 participants gathered, analysed (with manual annotations), plotted, reported."""
+    folder = tmp_path_factory.mktemp("report")
+    phenotypes, truth = synth_cohort(folder / "synth", 60, seed=21)
+    write_pipeline(folder, phenotypes, truth, excluded={"ukbb000003": ("convert", "corrupt_file")})
+    assert gather(folder) == 0
+    cohort = folder / "cohort"
+    manual = truth[[c for c in truth.columns if c == "participant_id"]].iloc[:20].copy()
+    manual["manual_vol_iliopsoas_total_ml"] = truth["vol_iliopsoas_total_ml"].iloc[:20] * 0.97
+    manual.to_csv(folder / "manual.tsv", sep="\t", index=False)
+    for pid in truth["participant_id"]:
+        overlay(folder / "participants" / pid / "qc" / "overlay.png", 40)
+    stats = json.dumps(yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["stats"])
+    assert (
+        command(
+            analyse,
+            f"--participants={cohort / 'participants.tsv'}",
+            f"--profiles={cohort / 'csa_profiles.tsv'}",
+            f"--exclusions={cohort / 'exclusions.tsv'}",
+            f"--manual={folder / 'manual.tsv'}",
+            f"--stats={stats}",
+            f"--out={cohort / 'tables'}",
+        )
+        == 0
+    )
+    assert (
+        command(
+            plot,
+            f"--tables={cohort / 'tables'}",
+            f"--participants={cohort / 'participants.tsv'}",
+            f"--participants-dir={folder / 'participants'}",
+            f"--stats={stats}",
+            f"--out={cohort / 'figures'}",
+        )
+        == 0
+    )
+    (folder / "model").mkdir()
+    (folder / "model" / "model_card.json").write_text(json.dumps(CARD))
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert (
+        command(
+            report,
+            f"--tables={cohort / 'tables'}",
+            f"--figures={cohort / 'figures'}",
+            f"--config={json.dumps(config)}",
+            f"--model-card={folder / 'model' / 'model_card.json'}",
+            f"--out={cohort / 'report.html'}",
+        )
+        == 0
+    )
+    return folder
+
+
+class Resources(HTMLParser):
+    """Every tag and every URL-valued attribute of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "srcset", "action", "poster", "data") and value:
+                self.urls.append(value)
+
+
+def test_the_report_loads_nothing_from_elsewhere(built):
+    text = (built / "cohort" / "report.html").read_text()
+    page = Resources()
+    page.feed(text)
+    assert page.urls and all(u.startswith(("data:image/png;base64,", "#")) for u in page.urls)
+    assert not {"script", "link", "iframe", "object", "embed"} & set(page.tags)
+    lowered = text.lower()
+    for marker in ("http:", "https:", "//cdn", "@import", "url("):
+        assert marker not in lowered, marker
+
+
+def test_every_figure_is_embedded_with_its_caption(built):
+    index = pd.read_csv(built / "cohort" / "figures" / "figures.tsv", sep="\t")
+    assert {
+        "volume_height",
+        "imi_bmi",
+        "gam_imi_ml_m2",
+        "percentiles_age",
+        "percentiles_bmi",
+    } <= set(index["name"])
+    assert {
+        "csa_profiles_age",
+        "csa_profiles_bmi",
+        "bland_altman_vol_iliopsoas_total_ml",
+        MONTAGE,
+    } <= set(index["name"])
+    for name in index["name"]:
+        assert (built / "cohort" / "figures" / f"{name}.png").is_file()
+        if name != MONTAGE:
+            assert (built / "cohort" / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    text = (built / "cohort" / "report.html").read_text()
+    images = text.split('src="data:image/png;base64,')[1:]
+    assert len(images) == len(index)
+    for chunk, expected in zip(images, index["name"], strict=True):
+        png = base64.b64decode(chunk.split('"', 1)[0])
+        assert Image.open(io.BytesIO(png)).size[0] > 100
+        assert png == (built / "cohort" / "figures" / f"{expected}.png").read_bytes()
+    for caption in index["caption"]:
+        assert caption.replace("'", "&#x27;").split(":")[0] in text
+
+
+def test_methods_come_from_config_model_card_and_counts(built):
+    text = (built / "cohort" / "report.html").read_text()
+    flow = pd.read_csv(built / "cohort" / "tables" / "flow.tsv", sep="\t")
+    assert f"Of {flow['n_in'].iloc[0]} participants on the sheet, {flow['n_out'].iloc[-1]}" in text
+    assert "1 at ingestion" in text
+    assert "vnet network (width x0.5)" in text and "ab" * 32 in text
+    assert "iliopsoas 0.912 (n = 8)" in text
+    assert "2.23 x 2.23 x 3 mm" in text
+    assert "imi_ml_m2 ~ np.minimum(age - 60, 0) + np.maximum(age - 60, 0)" in text
+    assert "myoflow 0.1.0" in text and "statsmodels" in text
+    assert "Bland-Altman" in text
+
+
+def test_a_missing_or_sparse_model_card_is_said_not_fatal(built):
+    tables = built / "cohort" / "tables"
+    bare = read_report_inputs(tables, None, {}, None)
+    assert "No model card was found" in render_report(bare)
+    sparse = ReportInputs(tables=bare.tables, model_card={"weights_sha256": "cd" * 32})
+    html = render_report(sparse)
+    assert "cd" * 32 in html and "Held-out Dice" not in html
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
+def test_chromium_renders_the_report(built, tmp_path):
+    shot = tmp_path / "report.png"
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",  # root in containers
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=1200,3000",
+            (built / "cohort" / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    image = np.asarray(Image.open(shot).convert("RGB"), dtype=float)
+    assert image.shape == (3000, 1200, 3)
+    assert image.std() > 10  # text, tables and figures, not a blank or uniform page
+    assert (image.reshape(-1, 3) < 100).all(axis=1).mean() > 0.002  # dark text drawn
+
+
+@pytest.mark.workflow
+def test_the_cohort_rules_run_and_snakemake_reports_them(tmp_path):
+    """The four cohort rules on shard tables of 30 participants, then `snakemake --report`.
+
+    Only the cohort rules may run (the shard tables stand in for the per-shard stages).
+    """
+    copy_workflow(tmp_path)
+    shutil.copytree(
+        ROOT / "workflow" / "report", tmp_path / "workflow" / "report", dirs_exist_ok=True
+    )
+    phenotypes, truth = synth_cohort(tmp_path / "synth", 30, seed=31)
+    write_pipeline(tmp_path / "data", phenotypes, truth, shards_dir=tmp_path / "results" / "shards")
+    config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    config |= {
+        "participants": "data/participants.tsv",
+        "phenotypes": "data/phenotypes.tsv",
+        "shards": {"size": 5},
+    }
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    rules = ["cohort_participants", "cohort_statistics", "cohort_figures", "cohort_report"]
+    target = "results/cohort/report.html"
+    out = check(snakemake("--cores", "1", "--allowed-rules", *rules, "--", target, cwd=tmp_path))
+    assert "4 of 4 steps (100%) done" in out
+    page = (tmp_path / target).read_text()
+    assert "<h1>myoflow cohort report</h1>" in page and "30</b> participants" in page
+    check(
+        snakemake(
+            "--report",
+            "snakemake_report.html",
+            "--allowed-rules",
+            *rules,
+            "--",
+            target,
+            cwd=tmp_path,
+        )
+    )
+    html = (tmp_path / "snakemake_report.html").read_text()
+    assert "cohort_report" in html and len(html) > 100_000
