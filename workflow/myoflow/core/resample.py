@@ -77,8 +77,11 @@ def linear_resample(
     else:
         along = [matrix[a, a] * np.arange(output_shape[a]) + offset[a] for a in range(3)]
         out = separable_linear(channels, along, outside)
-        if np.may_share_memory(out, volume):  # whole-voxel shifts: slices of the input
-            out = out.copy()
+        # Whole-voxel shifts give slices (of the input, or of a copy of its block): a new
+        # array in one piece, as interpolated results are.
+        contiguous = out.flags.c_contiguous or out.flags.f_contiguous
+        if not contiguous or np.may_share_memory(out, volume):
+            out = out.copy(order="K")
     return out if volume.ndim == 4 else out[0]
 
 
@@ -102,7 +105,9 @@ def separable_linear(
 
     Returns:
         (X', Y', Z') or (C, X', Y', Z') as ``volume``, float32 (float64 for a float64
-        volume); it may be a view of ``volume`` where no axis needed interpolation.
+        volume); Fortran-ordered where the block of ``volume`` read is. Along axes whose
+        positions are consecutive voxels it is a slice, so it may be a view of
+        ``volume`` (only read it) and need not be contiguous.
     """
     volume = np.asarray(volume)
     volume = volume.astype(np.result_type(volume.dtype, np.float32), copy=False)

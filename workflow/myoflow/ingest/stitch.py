@@ -305,7 +305,7 @@ def stitch(arrays: Sequence[np.ndarray], affines: Sequence[np.ndarray], grid: Gr
         values, inside = sample(array, affine, grid, part)
         if inside.all():
             total[:, :, part] += values * weight[part]
-            norm[part] += weight[part]
+            norm[..., part] += weight[part]  # per slice, or per point once 3-D
             continue
         if norm.ndim == 1:
             norm = np.broadcast_to(norm, grid.shape).copy(order="F")

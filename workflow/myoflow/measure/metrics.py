@@ -49,6 +49,7 @@ from scipy import ndimage
 
 from myoflow.core.label_grid import MetricsError, Value, VoxelGeometry, voxel_geometry
 from myoflow.core.labels import GROUPS, LABELS, MUSCLES, SIDES
+from myoflow.core.morphology import erode_in_plane
 from myoflow.measure.csa_profile import axial_csa, max_csa
 
 MIN_ERODED_VOXELS = 20
@@ -83,13 +84,6 @@ def write_metrics(path: str | os.PathLike[str], record: Mapping[str, Value]) -> 
 def volume_ml(mask: np.ndarray, affine: np.ndarray) -> float:
     """Volume (ml) of a boolean mask: voxel count x |det(affine)|."""
     return float(np.count_nonzero(mask)) * voxel_geometry(affine).voxel_volume_ml
-
-
-def erode_in_plane(mask: np.ndarray) -> np.ndarray:
-    """Erode a 3-D mask by one voxel within each axial slice (4-connected cross)."""
-    cross = np.zeros((3, 3, 1), dtype=bool)
-    cross[1, :, 0] = cross[:, 1, 0] = True
-    return ndimage.binary_erosion(mask, structure=cross, border_value=0)
 
 
 def fat_fraction(

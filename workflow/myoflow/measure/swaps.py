@@ -67,6 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from myoflow.core import morphology
 from myoflow.core.errors import MyoflowError
 
 SWAP_STATUSES = ("ok", "swap", "partial_swap", "undetermined")
@@ -306,23 +307,9 @@ def _peak_nearby(in_phase: np.ndarray, k: np.ndarray, radii: Sequence[int]) -> n
 
 
 def erode_in_plane(mask: np.ndarray, iterations: int) -> np.ndarray:
-    """Erode a (k, j, i) mask ``iterations`` times by the in-plane 4-connected cross.
-
-    Equal to ``ndimage.binary_erosion(mask, cross, iterations, border_value=0)`` with
-    ``cross`` of shape (1, 3, 3): a voxel stays while it and its four in-plane neighbours
-    are set (none beyond the edge), written as shifted ANDs over contiguous memory.
-    """
-    out = np.asarray(mask, dtype=bool)
-    for _ in range(iterations):
-        eroded = out.copy()
-        eroded[:, 1:, :] &= out[:, :-1, :]
-        eroded[:, :-1, :] &= out[:, 1:, :]
-        eroded[:, :, 1:] &= out[:, :, :-1]
-        eroded[:, :, :-1] &= out[:, :, 1:]
-        eroded[:, [0, -1], :] = False
-        eroded[:, :, [0, -1]] = False
-        out = eroded
-    return out
+    """Erode a (k, j, i) mask ``iterations`` times by the in-plane 4-connected cross
+    (:func:`myoflow.core.morphology.erode_in_plane`, slices along axis 0)."""
+    return morphology.erode_in_plane(mask, iterations, slice_axis=0)
 
 
 def local_maximum(stack: np.ndarray, radii: Sequence[int]) -> np.ndarray:
