@@ -432,9 +432,9 @@ def test_refine_rule_dry_runs_and_calibrate_follows_it_when_enabled(tmp_path):
     assert "rule train:" in output
     plain = check(snakemake("-n", "-p", "calibrate", "--cores", "1", cwd=tmp_path))
     assert "rule refine:" not in plain
-    assert "--model $(dirname results/training/model/model.pt)" in plain
+    assert "--model results/training/model --pairs" in plain
     config["training"]["refine"]["enabled"] = True
     save_config(tmp_path, config)
     refined = check(snakemake("-n", "-p", "calibrate", "--cores", "1", cwd=tmp_path))
     assert "rule refine:" in refined
-    assert "--model $(dirname results/training/model/refined/model.pt)" in refined
+    assert "--model results/training/model/refined --pairs" in refined
