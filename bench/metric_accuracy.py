@@ -7,7 +7,7 @@ generated, ``bench/metric_accuracy.py --cohort DIR [DIR ...]``.
 Per protocol, ``myoflow synth`` (:func:`myoflow.synth.cohort.generate_cohort`, no
 artefacts) writes ``--participants`` participants; each one's
 ``truth/{participant}/labels.nii.gz`` is read and measured as the pipeline measures a
-mask (:func:`myoflow.measure.metrics.read_labels`,
+mask (:func:`myoflow.core.io.read_labels`,
 :func:`myoflow.measure.metrics.participant_metrics`,
 with the participant's height from ``phenotypes.tsv`` for the IMI),
 and every measured column of ``truth.tsv`` is compared with the metric of the same name.
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from myoflow.core import io
 from myoflow.core.io import read_tsv
 from myoflow.measure import metrics
 from myoflow.synth.cohort import CohortSpec, generate_cohort
@@ -61,7 +62,7 @@ def target_of(column: str) -> Target | None:
 def participant_errors(cohort: Path, truth: pd.Series, height_cm: float) -> dict[str, float]:
     """Signed errors of one participant's true-mask metrics against its truth row."""
     pid = truth["participant_id"]
-    labels, affine = metrics.read_labels(cohort / "truth" / pid / "labels.nii.gz")
+    labels, affine = io.read_labels(cohort / "truth" / pid / "labels.nii.gz")
     record = metrics.participant_metrics(labels, affine, height_cm=height_cm)
     slice_mm = metrics.voxel_geometry(affine).slab_height_mm
     errors = {}

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from myoflow.core import io
 from myoflow.core.io import save_nifti
 from myoflow.core.labels import LABELS
 from myoflow.core.volume import int16_scaled
@@ -248,7 +249,7 @@ def timing(seed: int, size: str, participants: int, repeats: int = 3) -> None:
                             c: nib.load(Path(tmp) / f"{c}.nii.gz").get_fdata(dtype=np.float32)
                             for c in CHANNELS
                         },
-                        "labels": metrics.read_labels(Path(tmp) / "labels.nii.gz")[0],
+                        "labels": io.read_labels(Path(tmp) / "labels.nii.gz")[0],
                     },
                 )
                 record = timed(

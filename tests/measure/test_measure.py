@@ -19,11 +19,11 @@ from test_workflow import check, copy_workflow, job_counts, snakemake
 
 from myoflow.cli import main
 from myoflow.cohort.stats.cohort import build_analysis_table
-from myoflow.core.io import read_tsv, save_nifti, write_json, write_tsv
+from myoflow.core.io import read_labels, read_tsv, save_nifti, write_json, write_tsv
 from myoflow.core.labels import LABELS
 from myoflow.ingest import convert as conv
 from myoflow.landmarks.record import HipLandmarks, write_landmarks
-from myoflow.measure.metrics import participant_metrics, read_labels
+from myoflow.measure.metrics import participant_metrics
 from myoflow.measure.overlay import MAX_BYTES
 from myoflow.measure.qc import QcSettings
 from myoflow.measure.stage import QC_COLUMNS, SHARD_COLUMNS, measure_shard, metrics_columns

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from myoflow.core import io
 from myoflow.core.labels import LABELS
 from myoflow.measure import csa_profile, metrics
 from myoflow.synth import phenotypes
@@ -246,7 +247,7 @@ def test_keys_are_stable_and_named_as_the_synthetic_truth(tmp_path):
     assert len(measured) == 30
     assert set(measured) <= set(full)
     assert empty["vol_psoas_major_left_ml"] == 0.0 and empty["n_components_iliacus_left"] == 0
-    metrics.write_metrics(tmp_path / "metrics.json", full)
+    io.write_json(tmp_path / "metrics.json", dict(full))
     assert json.loads((tmp_path / "metrics.json").read_text()) == full  # None -> null, lists
 
 
@@ -400,7 +401,7 @@ TOTALSEG_DIR = Path(__file__).parent / "data" / "totalsegmentator"
 def test_real_ct_iliopsoas_mask_has_its_published_volume(side):
     path = TOTALSEG_DIR / f"iliopsoas_{side}.nii.gz"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == TOTALSEG_SHA256[side]
-    mask, affine = metrics.read_labels(path)
+    mask, affine = io.read_labels(path)
     labels = np.where(mask > 0, LABELS[f"psoas_major_{side}"], 0).astype(np.uint8)
     record = metrics.participant_metrics(labels, affine)
     assert record[f"vol_psoas_major_{side}_ml"] * 1000.0 == pytest.approx(

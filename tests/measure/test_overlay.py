@@ -9,10 +9,16 @@ from PIL import Image
 from myoflow import __version__
 from myoflow.core.labels import COLOURS, LABELS
 from myoflow.measure import overlay
+from myoflow.measure.metrics import participant_metrics
 from myoflow.synth import phenotypes
 from myoflow.synth.geometry import protocol
 from myoflow.synth.render import render_participant
 from myoflow.synth.rng import participant_rng
+
+
+def measured(labels, affine) -> dict:
+    """The metrics record the measure stage passes to the overlay."""
+    return participant_metrics(labels, affine)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,14 @@ def outline_pixels(path) -> int:
 def test_overlay_is_a_small_png_with_only_our_metadata(phantom, tmp_path):
     grid, ph = phantom
     path = tmp_path / "qc" / "overlay.png"
-    size = overlay.participant_overlay(path, ph.water, ph.labels, grid.affine_ras(), "ukbb000001")
+    size = overlay.participant_overlay(
+        path,
+        ph.water,
+        ph.labels,
+        grid.affine_ras(),
+        "ukbb000001",
+        measured(ph.labels, grid.affine_ras()),
+    )
     assert path.stat().st_size == size < overlay.MAX_BYTES
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as image:
@@ -47,9 +60,23 @@ def test_overlay_is_a_small_png_with_only_our_metadata(phantom, tmp_path):
 
 def test_outlines_are_drawn_where_the_masks_are(phantom, tmp_path):
     grid, ph = phantom
-    overlay.participant_overlay(tmp_path / "a.png", ph.water, ph.labels, grid.affine_ras(), "p")
+    overlay.participant_overlay(
+        tmp_path / "a.png",
+        ph.water,
+        ph.labels,
+        grid.affine_ras(),
+        "p",
+        measured(ph.labels, grid.affine_ras()),
+    )
     empty = np.zeros_like(ph.labels)
-    overlay.participant_overlay(tmp_path / "b.png", ph.water, empty, grid.affine_ras(), "p")
+    overlay.participant_overlay(
+        tmp_path / "b.png",
+        ph.water,
+        empty,
+        grid.affine_ras(),
+        "p",
+        measured(empty, grid.affine_ras()),
+    )
     drawn, legend_only = outline_pixels(tmp_path / "a.png"), outline_pixels(tmp_path / "b.png")
     assert drawn > legend_only + 2000
 
@@ -60,7 +87,9 @@ def test_display_is_radiological(phantom):
     grid, ph = phantom
     psoas = [LABELS["psoas_major_left"], LABELS["psoas_major_right"]]
     labels = np.where(np.isin(ph.labels, psoas), ph.labels, 0)
-    fig = overlay.draw_overlay(ph.water, labels, grid.affine_ras(), "p")
+    fig = overlay.draw_overlay(
+        ph.water, labels, grid.affine_ras(), "p", measured(labels, grid.affine_ras())
+    )
     try:
         coronal, axial = fig.axes[1], fig.axes[4]
         # Outlines are drawn in LABELS order: the left psoas first, then the right.
@@ -88,7 +117,9 @@ def test_montage_of_overlays_and_arrays(phantom, tmp_path):
     for n, name in enumerate(("small", "average")):
         paths.append(tmp_path / f"{name}.png")
         labels = ph.labels if n else np.where(ph.labels % 2 == 1, ph.labels, 0)
-        overlay.participant_overlay(paths[-1], ph.water, labels, affine, name)
+        overlay.participant_overlay(
+            paths[-1], ph.water, labels, affine, name, measured(labels, affine)
+        )
     size = overlay.montage(paths, ["small", "average"], tmp_path / "montage.png")
     assert 0 < size < overlay.MAX_BYTES
     with Image.open(tmp_path / "montage.png") as image:
@@ -106,7 +137,9 @@ def test_a_picture_over_the_size_limit_is_drawn_smaller(phantom, tmp_path):
     grid, ph = phantom
     sizes = []
     for limit in (10**9, 1):
-        fig = overlay.draw_overlay(ph.water, ph.labels, grid.affine_ras(), "p")
+        fig = overlay.draw_overlay(
+            ph.water, ph.labels, grid.affine_ras(), "p", measured(ph.labels, grid.affine_ras())
+        )
         sizes.append(overlay.save_png(fig, tmp_path / f"{limit}.png", max_bytes=limit))
     assert sizes[1] < sizes[0] / 2
     with Image.open(tmp_path / "1.png") as small, Image.open(tmp_path / f"{10**9}.png") as big:

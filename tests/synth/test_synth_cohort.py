@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from dicom_helpers import dcm2niix_binary
 from scipy import ndimage
 
+from myoflow.core import io
 from myoflow.core.labels import LABELS
 from myoflow.measure import metrics
 from myoflow.synth import phenotypes
@@ -198,7 +199,7 @@ def test_label_nifti_metrics_agree_with_truth(clean_cohort):
     truth = pd.read_csv(clean_cohort / "truth.tsv", sep="\t").set_index("participant_id")
     heights = pd.read_csv(clean_cohort / "phenotypes.tsv", sep="\t").set_index("participant_id")
     for pid, row in truth.iterrows():
-        labels, affine = metrics.read_labels(clean_cohort / "truth" / pid / "labels.nii.gz")
+        labels, affine = io.read_labels(clean_cohort / "truth" / pid / "labels.nii.gz")
         record = metrics.participant_metrics(labels, affine, height_cm=heights.at[pid, "height_cm"])
         volumes = [c for c in truth.columns if c.startswith("vol_")] + ["imi_ml_m2"]
         assert len(volumes) == len(LABELS) + 7  # 6 side and total group volumes, the IMI

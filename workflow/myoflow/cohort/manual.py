@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 
 from myoflow.core.errors import MyoflowError, ParticipantExcluded
+from myoflow.core.io import read_labels
 from myoflow.core.label_grid import voxel_geometry
 from myoflow.core.labels import LABELS, MUSCLES
 from myoflow.core.participant_files import ParticipantFiles
 from myoflow.core.sheet import PARTICIPANT_ID_PATTERN
-from myoflow.measure.metrics import read_labels
 from myoflow.measure.overlap import labels_on_grid, score_participant
 
 SHEET_COLUMNS = ("participant_id", "labels")

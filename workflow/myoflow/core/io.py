@@ -132,3 +132,23 @@ def save_nifti(
     with atomic_path(path) as tmp:
         # gzip stores the mtime; nibabel's gzip writer sets it to 0 so bytes are reproducible.
         nib.save(image, tmp)
+
+
+def read_labels(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read a label NIfTI; return (integer array, 4x4 RAS affine).
+
+    Raises:
+        MetricsError: the stored values are not integers.
+    """
+    import nibabel as nib
+
+    from myoflow.core.label_grid import MetricsError
+
+    image = nib.load(os.fspath(path))
+    data = np.asanyarray(image.dataobj)
+    if not np.issubdtype(data.dtype, np.integer):
+        rounded = np.rint(data)
+        if not np.array_equal(rounded, data):
+            raise MetricsError(f"{path}: labels are not integers")
+        data = rounded.astype(np.int32)
+    return data, np.asarray(image.affine, dtype=float)

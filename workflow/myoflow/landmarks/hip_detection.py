@@ -195,11 +195,14 @@ def peak_local_max(
     if min_distance <= 1:
         return coords[:limit]
     kept: list[int] = []
+    near = np.zeros(image.shape, dtype=bool)  # closer than min_distance to a kept peak
+    reach = min_distance - 1
     for n, point in enumerate(coords):
         if len(kept) >= limit:
             break
-        if not kept or np.abs(coords[kept] - point).max(axis=1).min() >= min_distance:
+        if not near[tuple(point)]:
             kept.append(n)
+            near[tuple(slice(max(i - reach, 0), i + reach + 1) for i in point)] = True
     return coords[kept]
 
 

@@ -40,7 +40,6 @@ the quantity is the same, so metrics and truth compare column by column. Keys, w
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,27 +57,6 @@ MIN_ERODED_VOXELS = 20
 
 Box = Sequence[Sequence[int]]
 """A voxel box ((i0, i1), (j0, j1), (k0, k1)), half-open, on the label grid."""
-
-
-def read_labels(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read a label NIfTI; return (integer array, 4x4 RAS affine)."""
-    import nibabel as nib
-
-    image = nib.load(os.fspath(path))
-    data = np.asanyarray(image.dataobj)
-    if not np.issubdtype(data.dtype, np.integer):
-        rounded = np.rint(data)
-        if not np.array_equal(rounded, data):
-            raise MetricsError(f"{path}: labels are not integers")
-        data = rounded.astype(np.int32)
-    return data, np.asarray(image.affine, dtype=float)
-
-
-def write_metrics(path: str | os.PathLike[str], record: Mapping[str, Value]) -> None:
-    """Write one participant's record as ``metrics.json`` (atomic, sorted keys)."""
-    from myoflow.core.io import write_json
-
-    write_json(path, dict(record))
 
 
 def volume_ml(mask: np.ndarray, affine: np.ndarray) -> float:

@@ -27,7 +27,6 @@ import numpy as np
 
 from myoflow import __version__
 from myoflow.core.labels import COLOURS, GROUPS, LABELS
-from myoflow.measure.metrics import participant_metrics
 
 MAX_BYTES = 300_000
 MARGIN_MM = 25.0  # context around the segmented region in every panel
@@ -192,7 +191,7 @@ def draw_overlay(
     labels: np.ndarray,
     affine: np.ndarray,
     participant_id: str,
-    record: Mapping[str, Any] | None = None,
+    record: Mapping[str, Any],
 ):
     """The overlay figure (matplotlib ``Figure``); see the module docstring for the layout.
 
@@ -201,11 +200,10 @@ def draw_overlay(
         labels: label volume (values of ``LABELS``).
         affine: 4x4 voxel -> RAS mm matrix (voxel sizes set the panels' aspect).
         participant_id: shown in the title.
-        record: the participant's metrics record, for volumes in the title; computed
-            from ``labels`` when not given.
+        record: the participant's metrics record
+            (:func:`myoflow.measure.metrics.participant_metrics`), for the volumes in the
+            title and the slice of the psoas' largest CSA; nothing is measured here.
     """
-    if record is None:
-        record = participant_metrics(np.asarray(labels), affine)
     plt = _pyplot()
     water = np.asarray(water, dtype=np.float32)
     labels = np.asarray(labels)
@@ -317,7 +315,7 @@ def participant_overlay(
     labels: np.ndarray,
     affine: np.ndarray,
     participant_id: str,
-    record: Mapping[str, Any] | None = None,
+    record: Mapping[str, Any],
 ) -> int:
     """Write ``qc/overlay.png`` (see :func:`draw_overlay`); return its size in bytes."""
     return save_png(draw_overlay(water, labels, affine, participant_id, record), out_png)

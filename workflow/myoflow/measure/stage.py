@@ -50,12 +50,12 @@ import numpy as np
 import pandas as pd
 
 from myoflow.core.errors import MyoflowError, ParticipantExcluded
-from myoflow.core.io import write_tsv
+from myoflow.core.io import read_labels, write_json, write_tsv
 from myoflow.core.label_grid import MetricsError, Value
 from myoflow.core.participant_files import ParticipantFiles, read_channels
 from myoflow.core.shard_runner import OK, STATUS_COLUMNS, Outcome, Upstream, run_shard
 from myoflow.landmarks.record import read_landmarks
-from myoflow.measure.metrics import metric_keys, participant_metrics, read_labels, write_metrics
+from myoflow.measure.metrics import metric_keys, participant_metrics
 from myoflow.measure.overlay import participant_overlay
 from myoflow.measure.qc import QcError, QcSettings, participant_flags, qc_status, write_flags
 from myoflow.measure.swaps import SwapDecision, SwapError, detect_swaps, station_slices
@@ -240,7 +240,7 @@ def measure_participant(
         flags = participant_flags(record, swaps, hips, settings, segmentation.labels)
     except (MetricsError, SwapError, QcError) as err:
         raise ParticipantExcluded("segmentation_unreadable", str(err)) from err
-    write_metrics(files.metrics, record)
+    write_json(files.metrics, dict(record))
     participant_overlay(files.overlay, channels["water"], labels, affine, participant_id, record)
     write_flags(files.flags, flags, swaps, settings.keep_warnings, provenance(settings))
     return record, flags
