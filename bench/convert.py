@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 
 from myoflow.core.volume import Volume
-from myoflow.ingest.convert import CHANNELS, IngestSettings, convert_shard, prepare_participant
+from myoflow.ingest.convert import CHANNELS, convert_shard
+from myoflow.ingest.prepare import prepare_participant
+from myoflow.ingest.settings import IngestSettings
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 from myoflow.synth.signal import ArtefactRates
 

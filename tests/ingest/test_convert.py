@@ -23,6 +23,7 @@ from test_workflow import INGESTION, ROOT, check, copy_workflow, job_counts, sna
 from myoflow.cli import main
 from myoflow.core.io import read_tsv
 from myoflow.ingest import convert as conv
+from myoflow.ingest.settings import IngestSettings
 from myoflow.ingest.sources import IgnoredFile, read_member
 from myoflow.ingest.stitch import UKBB_SPACING_MM
 from myoflow.synth.cohort import CohortSpec, generate_cohort
@@ -30,7 +31,7 @@ from myoflow.synth.geometry import protocol
 from myoflow.synth.signal import NOISE_SIGMA, ArtefactRates
 
 NO_ARTEFACTS = ArtefactRates(swap=0, partial_swap=0, missing_station=0, missing_channel=0)
-NATIVE = conv.IngestSettings(spacing_mm=None)
+NATIVE = IngestSettings(spacing_mm=None)
 BODY = 5 * NOISE_SIGMA
 """Noiseless water above 5 sigma: where Rician noise is as good as Gaussian (bias < 1 %)."""
 
@@ -52,7 +53,7 @@ def cohort(tmp_path_factory) -> Path:
     return out
 
 
-def convert(dicom: Path, out: Path, settings: conv.IngestSettings, pid: str = "P1") -> list[str]:
+def convert(dicom: Path, out: Path, settings: IngestSettings, pid: str = "P1") -> list[str]:
     """Convert one participant through the shard function; return its log lines."""
     members = pd.DataFrame({"participant_id": [pid], "shard": ["r1-0000"], "dicom_path": [dicom]})
     inventory = pd.DataFrame({"participant_id": [pid], "status": ["ok"], "reason": [""]})
@@ -73,7 +74,7 @@ def native(cohort, tmp_path_factory) -> Path:
 def ukbb_grid(cohort, tmp_path_factory) -> Path:
     """ukbb000001 converted onto the default (UK Biobank, 2.232 mm) grid."""
     out = tmp_path_factory.mktemp("ukbb_grid")
-    convert(cohort / "dicom" / "ukbb000001", out, conv.IngestSettings())
+    convert(cohort / "dicom" / "ukbb000001", out, IngestSettings())
     return out / "P1" / "dixon"
 
 
@@ -258,7 +259,7 @@ def test_rerun_skips_complete_participants_and_redoes_on_new_settings(cohort, tm
     first = marker.stat().st_mtime_ns
     assert convert(dicom, tmp_path, NATIVE) == ["P1: complete, skipped"]
     assert marker.stat().st_mtime_ns == first
-    coarse = conv.IngestSettings(spacing_mm=(9.0, 9.0, 12.0))
+    coarse = IngestSettings(spacing_mm=(9.0, 9.0, 12.0))
     assert convert(dicom, tmp_path, coarse)[0].startswith("P1: ok")
     assert nib.load(tmp_path / "P1" / "dixon" / "fat.nii.gz").header.get_zooms() == (9, 9, 12)
 
@@ -333,8 +334,8 @@ def test_read_member_gives_the_pixels_pydicom_gives(cohort):
 
 def test_config_ships_the_package_defaults_and_the_schema_checks_them():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    assert config["ingest"] == conv.IngestSettings().to_config()
-    assert conv.IngestSettings.from_config(config["ingest"]) == conv.IngestSettings()
+    assert config["ingest"] == IngestSettings().to_config()
+    assert IngestSettings.from_config(config["ingest"]) == IngestSettings()
     schema = yaml.safe_load((ROOT / "config" / "schemas" / "config.schema.yaml").read_text())
     validator = jsonschema.Draft202012Validator(schema)
     assert not list(validator.iter_errors(config))
@@ -347,7 +348,7 @@ def test_config_ships_the_package_defaults_and_the_schema_checks_them():
         assert list(validator.iter_errors(broken)), bad
     native = config | {"ingest": config["ingest"] | {"grid": {"spacing_mm": "native"}}}
     assert not list(validator.iter_errors(native))
-    assert conv.IngestSettings.from_config(native["ingest"]).spacing_mm is None
+    assert IngestSettings.from_config(native["ingest"]).spacing_mm is None
 
 
 @pytest.mark.parametrize(

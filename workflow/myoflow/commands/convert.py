@@ -7,7 +7,8 @@ from pathlib import Path
 
 from myoflow.commands import add_shard_arguments, json_section, shard_members_of
 from myoflow.core.io import read_tsv, write_tsv
-from myoflow.ingest.convert import IngestSettings, SettingsError, convert_shard
+from myoflow.ingest.convert import convert_shard
+from myoflow.ingest.settings import IngestSettings, SettingsError
 
 HELP = "convert and stitch the Dixon DICOM of every participant of one shard"
 

@@ -4,7 +4,7 @@ Every station is an array with its 4x4 voxel -> LPS mm affine (as read from DICO
 :mod:`myoflow.core.volume`). The common grid (:func:`common_grid`) is axis-aligned in LPS
 with our array convention (i -> L, j -> P, k -> S; its NIfTI affine is
 ``diag(-sx, -sy, sz)`` with the x and y origin negated, see
-:class:`myoflow.synth.geometry.Grid`) and covers the voxel centres of all stations. Each
+:class:`myoflow.core.grid.Grid`) and covers the voxel centres of all stations. Each
 station is resampled onto it with trilinear interpolation (:func:`sample`), and where
 stations overlap along z their weights ramp linearly across the overlap
 (:func:`blend_weights`), so no seam remains where one station hands over to the next.
