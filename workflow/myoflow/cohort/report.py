@@ -48,8 +48,6 @@ PACKAGES = (
     "matplotlib",
     "pydicom",
     "nibabel",
-    "SimpleITK",
-    "scikit-image",
     "torch",
     "snakemake",
 )
