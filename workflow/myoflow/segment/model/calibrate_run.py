@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from myoflow.core.errors import MyoflowError
 from myoflow.core.io import write_json, write_text, write_tsv
 from myoflow.segment.model.calibrate import (
@@ -26,13 +24,13 @@ from myoflow.segment.model.calibrate import (
     calibration_table,
     collect_pairs,
 )
-from myoflow.segment.model.card import CARD_FILE, load_model, sha256_file, verify_weights
+from myoflow.segment.model.card import CARD_FILE, sha256_file, verify_weights
 from myoflow.segment.model.evaluate import evaluate, render_model_card
 from myoflow.segment.model.pair_selection import PairSelection, held_out_data, with_coarse_shifts
 from myoflow.segment.model.predict import model_labels
 from myoflow.segment.model.registry import crop_spec
 from myoflow.segment.model.samples import hash_inputs, training_data_sha256
-from myoflow.segment.model.training_run import resolve_device, software_versions
+from myoflow.segment.model.training_run import load_to_derive, software_versions
 
 
 def run_calibration(
@@ -76,12 +74,7 @@ def run_calibration(
             selections.
     """
     out = Path(out)
-    if Path(model_dir).resolve() == out.resolve():
-        raise MyoflowError(f"--out {out} must be a new folder, not the model's own")
-    if threads:
-        torch.set_num_threads(threads)
-    target = resolve_device(device)
-    model, card = load_model(model_dir, target)
+    model, card, target = load_to_derive(model_dir, out, device, threads)
     config = dict(card["config"])
     config.pop("thresholds", None)  # calibrate the network's output, not an earlier cut
     if coarse_shifts_mm:

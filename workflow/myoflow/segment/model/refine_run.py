@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from myoflow.core.errors import MyoflowError
 from myoflow.core.io import write_text
 from myoflow.segment.model.card import load_model, read_card, save_model
@@ -32,7 +30,7 @@ from myoflow.segment.model.refine_train import (
 )
 from myoflow.segment.model.registry import model_channels, parameter_count
 from myoflow.segment.model.samples import hash_inputs, training_data_sha256
-from myoflow.segment.model.training_run import resolve_device, software_versions
+from myoflow.segment.model.training_run import load_to_derive, software_versions
 
 
 def run_refine(
@@ -86,12 +84,7 @@ def run_refine(
     """
     started = time.monotonic()
     out = Path(out)
-    if Path(model_dir).resolve() == out.resolve():
-        raise MyoflowError(f"--out {out} must be a new folder, not the model's own")
-    if threads:
-        torch.set_num_threads(threads)
-    target = resolve_device(device)
-    coarse, card = load_model(model_dir, target)
+    coarse, card, target = load_to_derive(model_dir, out, device, threads)
     if card["config"].get("refine") is not None:
         raise MyoflowError(f"{model_dir} already has a refiner; give its coarse model")
     config = dict(card["config"])

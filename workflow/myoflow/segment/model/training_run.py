@@ -10,6 +10,7 @@ model card (:func:`myoflow.segment.model.card.save_model`) and ``MODEL_CARD.md``
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from myoflow.core.errors import MyoflowError
 from myoflow.core.io import write_json, write_text
 from myoflow.segment.model.card import CARD_FILE, load_model, save_model
 from myoflow.segment.model.evaluate import Segmenter, evaluate, render_model_card
@@ -293,3 +295,24 @@ def training_record(
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
+
+
+def load_to_derive(
+    model_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    device: str,
+    threads: int | None,
+) -> tuple[torch.nn.Module, dict[str, Any], torch.device]:
+    """Load the model a new one is derived from (a refined or calibrated copy) onto the
+    device; set torch's CPU threads when given.
+
+    Raises:
+        MyoflowError: ``out`` is the model's own folder (it would be overwritten).
+    """
+    if Path(model_dir).resolve() == Path(out).resolve():
+        raise MyoflowError(f"--out {out} must be a new folder, not the model's own")
+    if threads:
+        torch.set_num_threads(threads)
+    target = resolve_device(device)
+    model, card = load_model(model_dir, target)
+    return model, card, target
