@@ -82,6 +82,8 @@ PROTOCOL = "ukbb"
 """The protocol of the synthesised participants: the one the shipped model was trained on."""
 NO_ARTEFACTS = ArtefactRates(swap=0, partial_swap=0, missing_station=0, missing_channel=0)
 """Synthesised participants are acquired cleanly: accuracy, not artefact handling, is scored."""
+BATCH = 5
+"""Participants synthesised per batch: an interrupted run keeps its finished batches."""
 WORK_ROOT = Path(__file__).resolve().parents[1] / "data" / "accuracy"
 """Default parent of the synthesised cohorts' work folders (git-ignored ``data/``)."""
 
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     left_out = len(result.excluded) + len(not_converted)
     if args.seed is not None:
         print(
-            f"\nparticipants 1-{args.participants} of synthetic cohort seed {args.seed} "
+            f"\nfrom participants 1-{args.participants} of synthetic cohort seed {args.seed} "
             f"({PROTOCOL}, {args.size} size, no artefacts), hips detected on the images"
         )
     print(
@@ -226,12 +228,13 @@ def synthesised_pairs(
 ) -> tuple[list[TrainingPair], dict[str, dict[str, str]]]:
     """Participants 1 to ``participants`` of cohort ``seed``, synthesised and converted.
 
-    Participants are generated in batches, ``work/synth/{first:06d}-{last:06d}``, each a
-    ``myoflow synth`` folder (``manifest.json``, written last, marks it complete; a batch
-    without one is made again), only for indices no complete batch holds. Their DICOM is
-    then inventoried and converted into ``work/participants/{participant}`` by the
-    workflow's own stages, which skip participants already complete. No landmarks file
-    is written: the hips are detected on the images when scored.
+    Participants no complete batch holds are generated in batches of up to :data:`BATCH`,
+    ``work/synth/{first:06d}-{last:06d}``, each a ``myoflow synth`` folder whose
+    ``manifest.json``, written last, marks it complete (a batch without one is removed and
+    made again). Their DICOM is then inventoried and converted into
+    ``work/participants/{participant}`` by the workflow's own stages, which skip
+    participants already complete. No landmarks file is written: the hips are detected on
+    the images when scored.
 
     Returns:
         The pairs (converted images, truth labels) in participant order, and the
@@ -261,7 +264,7 @@ def synthesised_pairs(
         first = int(made["first_index"])
         held |= dict.fromkeys(range(first, first + int(made["participants"])), folder)
     missing = [i for i in wanted if i not in held]
-    for first, last in _runs(missing):
+    for first, last in _runs(missing, BATCH):
         folder = batches / f"{first:06d}-{last:06d}"
         log(f"synthesising participants {first}-{last} of seed {seed} ({size}) in {folder}")
         started = time.perf_counter()
@@ -311,11 +314,11 @@ def synthesised_pairs(
     return sorted(pairs, key=lambda pair: pair.participant_id), left_out
 
 
-def _runs(indices: list[int]) -> list[tuple[int, int]]:
-    """Consecutive runs of sorted ``indices`` as (first, last) pairs."""
+def _runs(indices: list[int], longest: int) -> list[tuple[int, int]]:
+    """Consecutive runs of sorted ``indices``, at most ``longest`` long, as (first, last)."""
     runs: list[tuple[int, int]] = []
     for index in indices:
-        if runs and runs[-1][1] == index - 1:
+        if runs and runs[-1][1] == index - 1 and index - runs[-1][0] < longest:
             runs[-1] = (runs[-1][0], index)
         else:
             runs.append((index, index))
