@@ -42,7 +42,14 @@ import pydicom
 
 from myoflow.core.io import write_json
 from myoflow.core.participant_files import ParticipantFiles
-from myoflow.core.shard_runner import OK, Outcome, Upstream, run_shard
+from myoflow.core.shard_runner import (
+    INTERNAL_ERROR,
+    INTERNAL_ERROR_MEANING,
+    OK,
+    Outcome,
+    Upstream,
+    run_shard,
+)
 from myoflow.core.volume import Volume
 from myoflow.ingest.prepare import STORAGE_DTYPE, prepare_participant
 from myoflow.ingest.series import (
@@ -68,6 +75,7 @@ EXCLUSION_REASONS = {
     "invalid_series": "a Dixon series cannot be read as one volume "
     "(see myoflow.ingest.dicom.REASONS)",
     "station_gap": "two neighbouring stations do not touch along z",
+    INTERNAL_ERROR: INTERNAL_ERROR_MEANING,
 }
 """Why the conversion leaves a participant out: reason code -> what it means."""
 

@@ -36,7 +36,7 @@ from pydicom.multival import MultiValue
 
 from myoflow.core.errors import ParticipantExcluded
 from myoflow.core.io import write_json, write_tsv
-from myoflow.core.shard_runner import Outcome, run_shard
+from myoflow.core.shard_runner import INTERNAL_ERROR, INTERNAL_ERROR_MEANING, Outcome, run_shard
 from myoflow.ingest.sources import (
     IGNORED_REASONS,
     SOURCE_REASONS,
@@ -53,6 +53,7 @@ STAGE = "inventory"
 EXCLUSION_REASONS = {
     **SOURCE_REASONS,
     "no_mr_series": "no file is an MR DICOM image with a SeriesInstanceUID",
+    INTERNAL_ERROR: INTERNAL_ERROR_MEANING,
 }
 
 SERIES_COLUMNS = [

@@ -26,7 +26,15 @@ import pandas as pd
 from myoflow.core.errors import MyoflowError, ParticipantExcluded
 from myoflow.core.participant_files import ParticipantFiles
 from myoflow.core.participant_files import read_channels as read_participant_channels
-from myoflow.core.shard_runner import OK, STATUS_COLUMNS, Outcome, Upstream, run_shard
+from myoflow.core.shard_runner import (
+    INTERNAL_ERROR,
+    INTERNAL_ERROR_MEANING,
+    OK,
+    STATUS_COLUMNS,
+    Outcome,
+    Upstream,
+    run_shard,
+)
 from myoflow.landmarks.hip_detection import detect_hips
 from myoflow.landmarks.record import EXCLUSION_REASONS as LANDMARK_REASONS
 from myoflow.landmarks.record import SIDES, HipLandmarks, read_landmarks, write_landmarks
@@ -37,6 +45,7 @@ EXCLUSION_REASONS = {
     **LANDMARK_REASONS,
     "dixon_unreadable": "a stitched Dixon channel cannot be read, is not on an axis-aligned "
     "grid, or the channels disagree on the grid",
+    INTERNAL_ERROR: INTERNAL_ERROR_MEANING,
 }
 """Why the landmarks stage leaves a participant out: reason code -> what it means."""
 

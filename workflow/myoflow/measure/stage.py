@@ -53,7 +53,15 @@ from myoflow.core.errors import MyoflowError, ParticipantExcluded
 from myoflow.core.io import read_labels, write_json, write_tsv
 from myoflow.core.label_grid import MetricsError, Value
 from myoflow.core.participant_files import ParticipantFiles, read_channels
-from myoflow.core.shard_runner import OK, STATUS_COLUMNS, Outcome, Upstream, run_shard
+from myoflow.core.shard_runner import (
+    INTERNAL_ERROR,
+    INTERNAL_ERROR_MEANING,
+    OK,
+    STATUS_COLUMNS,
+    Outcome,
+    Upstream,
+    run_shard,
+)
 from myoflow.landmarks.record import read_landmarks
 from myoflow.measure.metrics import metric_keys, participant_metrics
 from myoflow.measure.overlay import participant_overlay
@@ -73,6 +81,7 @@ EXCLUSION_REASONS = {
     "segmentation_unreadable": "seg/labels.nii.gz or seg/segmentation.json cannot be read, "
     "or the labels are not on the grid of the Dixon channels",
     "landmarks_unreadable": "landmarks.json cannot be read",
+    INTERNAL_ERROR: INTERNAL_ERROR_MEANING,
 }
 """Why the measure stage leaves a participant out: reason code -> what it means."""
 

@@ -40,7 +40,14 @@ from myoflow.core.io import save_nifti, write_json
 from myoflow.core.labels import LABELS
 from myoflow.core.participant_files import ParticipantFiles
 from myoflow.core.participant_files import read_channels as read_participant_channels
-from myoflow.core.shard_runner import OK, Outcome, Upstream, run_shard
+from myoflow.core.shard_runner import (
+    INTERNAL_ERROR,
+    INTERNAL_ERROR_MEANING,
+    OK,
+    Outcome,
+    Upstream,
+    run_shard,
+)
 from myoflow.landmarks.record import read_landmarks
 from myoflow.segment.model import predict
 from myoflow.segment.model.card import load_model
@@ -59,6 +66,7 @@ EXCLUSION_REASONS = {
     "unreadable or not on the grid of the others",
     **predict.EXCLUSION_REASONS,
     "no_muscle_found": "the model labelled no voxel as any muscle",
+    INTERNAL_ERROR: INTERNAL_ERROR_MEANING,
 }
 """Why the segmentation leaves a participant out: reason code -> what it means."""
 
