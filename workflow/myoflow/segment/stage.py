@@ -44,6 +44,7 @@ from myoflow.core.shard_runner import (
     INTERNAL_ERROR,
     INTERNAL_ERROR_MEANING,
     OK,
+    STATUS_COLUMNS,
     Outcome,
     Upstream,
     run_shard,
@@ -70,16 +71,7 @@ EXCLUSION_REASONS = {
 }
 """Why the segmentation leaves a participant out: reason code -> what it means."""
 
-SHARD_COLUMNS = [
-    "participant_id",
-    "shard",
-    "status",
-    "stage",
-    "reason",
-    "detail",
-    "n_labels",
-    "missing_labels",
-]
+SHARD_COLUMNS = [*STATUS_COLUMNS, "n_labels", "missing_labels"]
 """Columns of ``results/shards/{shard}/segment.tsv``: one row per participant.
 
 ``n_labels`` counts the label values (muscle and side) with at least one voxel;
