@@ -1,0 +1,170 @@
+"""Real scanner DICOM series (neurolabusc's dcm_qa_* collection, BSD-2-Clause) read with
+myoflow's reader and compared with the dcm2niix NIfTIs committed beside them.
+
+Each series lives in ``data/real_dicom/<repo>/<series>/dicom/`` (files as the source
+repository holds them, some gzipped there and here), its dcm2niix reference in
+``.../dcm2niix/``; ``data/real_dicom/README.md`` says where each came from and how the
+references were made. Both images are reoriented to RAS+ (nibabel's
+``as_closest_canonical``) and must have the same shape, affines within 0.01 mm and the
+same values: exactly when dcm2niix stored unscaled integers, else within float32
+rounding of the rescaled values.
+
+Series that myoflow refuses today are listed in REFUSED with the reason it gives; each is
+asserted to be refused with that reason, and its dcm2niix reference is committed so that
+it can move to MATCHES_DCM2NIIX once the reader accepts it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from myoflow.core.volume import Volume
+from myoflow.ingest.dicom import group_by_series, read_datasets, series_volumes
+from myoflow.ingest.dicom_errors import SERIES_REASONS, DicomError
+
+DATA = Path(__file__).parent / "data" / "real_dicom"
+TOL_MM = 0.01
+
+# series folder (relative to DATA) -> {our volume's echo: dcm2niix reference name}.
+MATCHES_DCM2NIIX: dict[str, dict[int | None, str]] = {
+    # Siemens XA30 (MAGNETOM Prisma Fit), enhanced multi-frame: one file per echo
+    # (33 frames each), magnitude of a two-echo GRE field map.
+    "dcm_qa_xa30/8_gre_field_mapping": {1: "ref_e1", 2: "ref_e2"},
+    # Philips Ingenia Elition X, classic single-frame: 40 slices of a 3D pCASL
+    # perfusion image, RescaleSlope 0.1.
+    "dcm_qa_philips_enh/1901_3DpCASL_cl": {None: "ref"},
+    # The same Philips series exported as one enhanced multi-frame file (40 frames).
+    "dcm_qa_philips_enh/1901_3DpCASL_enh_real": {None: "ref_real"},
+    # GE SIGNA Pioneer 3D T1 MP-RAGE: 4 neighbouring slices (instances 64-67 of 130).
+    "dcm_qa_ge/05_3D_Ax_T1_MP_RAGE_R22_slices64-67": {None: "ref"},
+    # Canon Galan 3T, oblique (~20 degrees sagittal angulation), signed pixels: the 40
+    # slices of the b=0 volume (files 5000_001-040 of a 13-volume DTI series).
+    "dcm_qa_canon_61/5000_DTI_PA-SAG_20d_b0": {None: "ref"},
+    # Philips Achieva dStream enhanced multi-frame B0 map: ONE series mixing 32 magnitude
+    # frames (EffectiveEchoTime 1.52 ms) and 32 field-map frames in Hz (FrameType
+    # FIELD_MAP, EffectiveEchoTime 0). Accepted today, but as two "echoes" ranked by echo
+    # time, so the field map comes out as echo 1 and the magnitude as echo 2; dcm2niix
+    # writes the magnitude as _e1 and the field map as _e2_fieldmaphz. The voxels and
+    # geometry equal dcm2niix's; the echo labels are wrong. Splitting by image type should
+    # turn these into a magnitude volume and a field-map volume.
+    "dcm_qa_enh/Philips_801_B0_NS": {1: "ref_e2_fieldmaphz", 2: "ref_e1"},
+}
+
+# series folder -> (reason myoflow gives, dcm2niix reference names), for refused series.
+REFUSED: dict[str, tuple[str, list[str]]] = {
+    # Philips Ingenia Elition X classic field map, slices 1-4 of 53: one series with
+    # magnitude (ImageType ...\M\FFE) and phase (...\PHASE MAP\P\FFE) images of two echoes
+    # at each position. Split by echo, each echo still holds a magnitude and a phase image
+    # per position: refused as duplicate slices. dcm2niix writes four volumes.
+    "dcm_qa_philips_enh/2001_fcMRI_Field_Mapping_cl_slices1-4": (
+        "duplicate_slices",
+        ["ref_e1", "ref_e1_ph", "ref_e2", "ref_e2_ph"],
+    ),
+}
+
+
+def _stage(series: str, tmp_path: Path) -> Path:
+    """Copy the series' DICOM files into ``tmp_path``, gunzipping ``*.gz``."""
+    source = DATA / series / "dicom"
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for path in sorted(source.iterdir()):
+        if path.suffix == ".gz":
+            (folder / path.stem).write_bytes(gzip.decompress(path.read_bytes()))
+        else:
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def _read(series: str, tmp_path: Path) -> list[Volume]:
+    groups = group_by_series(read_datasets([_stage(series, tmp_path)]))
+    assert len(groups) == 1, f"{series}: {len(groups)} series"
+    (datasets,) = groups.values()
+    return series_volumes(datasets)
+
+
+def _reference(series: str, name: str) -> Path:
+    return DATA / series / "dcm2niix" / f"{name}.nii.gz"
+
+
+def _references(series: str) -> set[str]:
+    """The names of the NIfTIs dcm2niix wrote for ``series``."""
+    return {p.name.removesuffix(".nii.gz") for p in (DATA / series / "dcm2niix").glob("*.nii.gz")}
+
+
+def _assert_equal_to_dcm2niix(volume: Volume, reference: Path) -> None:
+    image = nib.load(reference)
+    slope, inter = image.dataobj.slope, image.dataobj.inter
+    # dcm2niix's stored integers, with its scl_slope/scl_inter kept aside.
+    stored = nib.Nifti1Image(np.asarray(image.dataobj.get_unscaled()), image.affine)
+    theirs = nib.as_closest_canonical(stored)
+    ours = nib.as_closest_canonical(nib.Nifti1Image(volume.array, volume.affine_ras()))
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    np.testing.assert_allclose(ours.affine, theirs.affine, rtol=0, atol=TOL_MM)
+    our_values = np.asarray(ours.dataobj, dtype=np.float64)
+    their_stored = np.asarray(theirs.dataobj)
+    if np.issubdtype(their_stored.dtype, np.integer) and slope == 1 and inter == 0:
+        np.testing.assert_array_equal(our_values, their_stored)  # the stored values, exactly
+        return
+    # dcm2niix keeps the integers and writes RescaleSlope/Intercept to scl_slope/scl_inter:
+    # apply that same rescale to its integers; ours went through float32.
+    # Undoing that rescale on ours must give back dcm2niix's integers exactly.
+    np.testing.assert_array_equal(np.rint((our_values - inter) / slope), their_stored)
+    their_values = their_stored * float(slope) + float(inter)
+    peak = max(np.abs(their_values).max(), 1.0)
+    np.testing.assert_allclose(our_values, their_values, rtol=0, atol=1e-6 * peak)
+
+
+def test_every_committed_series_is_listed():
+    folders = {str(p.parent.relative_to(DATA)) for p in DATA.glob("*/*/dicom")}
+    assert folders == set(MATCHES_DCM2NIIX) | set(REFUSED)
+    assert not set(MATCHES_DCM2NIIX) & set(REFUSED)
+    for series, (reason, _) in REFUSED.items():
+        assert reason in SERIES_REASONS, series
+
+
+def test_every_committed_series_has_its_licence_and_provenance():
+    for repo in {series.split("/")[0] for series in [*MATCHES_DCM2NIIX, *REFUSED]}:
+        licence = (DATA / repo / "LICENSE").read_text()
+        assert "BSD 2-Clause License" in licence, repo
+        assert f"neurolabusc/{repo}" in (DATA / repo / "README.md").read_text(), repo
+
+
+def test_real_series_come_from_several_manufacturers():
+    makers = set()
+    for series in [*MATCHES_DCM2NIIX, *REFUSED]:
+        first = sorted((DATA / series / "dicom").iterdir())[0]
+        data = first.read_bytes()
+        if first.suffix == ".gz":
+            data = gzip.decompress(data)
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
+        makers.add(str(ds.Manufacturer).split()[0].upper())
+    assert {"SIEMENS", "PHILIPS", "GE", "CANON_MEC"} <= makers, makers
+
+
+@pytest.mark.parametrize("series", list(MATCHES_DCM2NIIX))
+def test_real_series_equals_dcm2niix(series, tmp_path):
+    expected = MATCHES_DCM2NIIX[series]
+    volumes = _read(series, tmp_path)
+    assert [v.echo for v in volumes] == list(expected)
+    written = _references(series)
+    assert written == set(expected.values())  # every dcm2niix output is compared
+    for volume in volumes:
+        _assert_equal_to_dcm2niix(volume, _reference(series, expected[volume.echo]))
+
+
+@pytest.mark.parametrize("series", list(REFUSED))
+def test_real_series_refused(series, tmp_path):
+    reason, references = REFUSED[series]
+    with pytest.raises(DicomError) as caught:
+        _read(series, tmp_path)
+    assert caught.value.reason == reason, caught.value
+    written = _references(series)
+    assert written == set(references)
