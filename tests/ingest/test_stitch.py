@@ -207,3 +207,142 @@ def test_stations_with_different_fields_of_view_in_plane():
     np.testing.assert_allclose(result[9:, :, z >= 45], expected[9:, :, z >= 45], rtol=1e-5)
     assert not result[9:, :, z < 45].any()
     np.testing.assert_allclose(result[:9], expected[:9], rtol=1e-5)
+
+
+# Issue 22: a delivery whose outer stations have 4.5 mm slices (their affines giving
+# 4.499999999999999 mm) put stitched slices exactly on a station's half-voxel edge, which
+# float rounding decided both ways. Three stations, head to feet, as in such a delivery:
+# 4.5 mm (10 slices), 3 mm (16 slices), 4.5 mm (12 slices), on in-plane UK Biobank voxels.
+# Their centres span 148.5 - 6 x overlap mm, so a 3 mm grid (UK Biobank or native) sits
+# 0.75 mm above the lowest centre, and every station's edges facing a neighbour fall on
+# grid slices: the overlaps are ``overlap`` grid slices, edges included (1: stations whose
+# edges meet on a grid slice, which rounding could leave to neither).
+IN_PLANE_MM = 500.0 / 224.0
+EDGE_CASE_SHAPES = ((8, 6, 10), (8, 6, 16), (8, 6, 12))  # upper, middle, lower
+EDGE_CASE_SPACING_Z = (4.5, 3.0, 4.5)
+
+
+def edge_case_stations(function, overlap: int, feet_first: bool, noise: int):
+    """The three stations (upper first; lower first when ``feet_first``, whose slices
+    also run head to feet) sampling ``function``, and their affines. ``noise`` -1 or +1
+    moves every spacing by one float step down or up (4.499999999999999 or
+    4.500000000000001 mm, as positions read from DICOM give), 0 leaves them exact."""
+    low = -200.25  # the lower station's lowest centre; grid slices at low + 0.75 + 3 i
+    grid_z = low + 0.75 + 3.0 * np.arange(60)
+    lowest = (
+        grid_z[35 - 2 * overlap] + 2.25,  # upper: lowest edge on slice 35 - 2 x overlap
+        grid_z[18 - overlap] + 1.5,  # middle: lowest edge on slice 18 - overlap
+        low,  # lower: highest edge on slice 17
+    )
+    stations = []
+    for shape, step, z0 in zip(EDGE_CASE_SHAPES, EDGE_CASE_SPACING_Z, lowest, strict=True):
+        spacing = np.array([IN_PLANE_MM, IN_PLANE_MM, step])
+        if noise:
+            spacing = np.nextafter(spacing, noise * np.inf)
+        origin = np.array([-8.0, 5.0, z0])
+        direction = np.eye(3)
+        if feet_first:  # slice 0 is the highest (DICOM positions give its z exactly)
+            origin[2] = z0 + step * (shape[2] - 1)
+            direction[2, 2] = -1.0
+        stations.append(slab(function, shape, tuple(spacing), tuple(origin), direction))
+    if feet_first:
+        stations.reverse()
+    arrays, affines = zip(*stations, strict=True)
+    return list(arrays), list(affines)
+
+
+def station_edges_mm(arrays, affines) -> tuple[np.ndarray, np.ndarray]:
+    """(n_stations, 2) z of each station's lower and upper half-voxel edge, and its margin."""
+    ranges = [stitch.z_range_mm(a.shape, f) for a, f in zip(arrays, affines, strict=True)]
+    margin = np.array([r.margin for r in ranges])
+    return np.array([[r.low, r.high] for r in ranges]) + margin[:, None] * [-1, 1], margin
+
+
+def z_ramp(points: np.ndarray) -> np.ndarray:
+    """Linear in z only (and constant in-plane), ~350 to ~500 over the stations."""
+    return 500.0 + 0.75 * points[2]
+
+
+@pytest.mark.parametrize("grid_spacing", [stitch.UKBB_SPACING_MM, None], ids=["ukbb", "native"])
+@pytest.mark.parametrize("noise", [-1, 1], ids=["noise_down", "noise_up"])
+@pytest.mark.parametrize("feet_first", [False, True], ids=["head_first", "feet_first"])
+@pytest.mark.parametrize("overlap", [1, 2, 3, 4, 5])
+def test_stations_of_4_5_and_3_mm_with_float_noise(overlap, feet_first, noise, grid_spacing):
+    arrays, affines = edge_case_stations(z_ramp, overlap, feet_first, noise)
+    grid = stitch.common_grid([a.shape for a in arrays], affines, grid_spacing)
+    z = grid.axis_mm(2)
+    # The geometry of the issue: grid slices on the stations' edges facing a neighbour.
+    edges, margin = station_edges_mm(arrays, affines)
+    on_edge = np.abs(z[:, None, None] - edges[None]) < 1e-9
+    assert on_edge.any(axis=0).sum() == 4
+    assert grid.shape[2] == 50 - 2 * overlap  # the union of the stations, centre to centre
+
+    # The same value in every station: exactly that value on every slice.
+    constant = [np.full_like(a, 700.0) for a in arrays]
+    np.testing.assert_allclose(stitch.stitch(constant, affines, grid), 700.0, rtol=1e-6)
+
+    # Each station's own constant: that constant where it alone covers z, a blend of the
+    # two in the overlaps; every slice covered by exactly the stations whose edges allow.
+    levels = [100.0, 200.0, 300.0] if not feet_first else [300.0, 200.0, 100.0]
+    separate = [np.full_like(a, level) for a, level in zip(arrays, levels, strict=True)]
+    result = stitch.stitch(separate, affines, grid)
+    assert np.ptp(result, axis=(0, 1)).max() < 1e-3  # the same over each slice
+    profile = result[0, 0]
+    inside = (z[:, None] >= edges[:, 0] - 1e-9) & (z[:, None] <= edges[:, 1] + 1e-9)
+    for s, level in enumerate(levels):
+        alone = inside[:, s] & (inside.sum(axis=1) == 1)
+        assert alone.any()
+        np.testing.assert_allclose(profile[alone], level, rtol=1e-6)
+    both = inside.sum(axis=1) == 2
+    assert both.sum() == 2 * overlap
+    assert ((profile[both] > 100.0 - 1e-3) & (profile[both] < 300.0 + 1e-3)).all()
+
+    # A linear ramp in z is reproduced between any station's voxel centres (edge values
+    # enter with MIN_WEIGHT only); a slice in the margins alone (where edges meet) takes
+    # the edge value of one of the stations there.
+    result = stitch.stitch(arrays, affines, grid)
+    expected = grid_values(z_ramp, grid)
+    centres = (z[:, None] >= edges[:, 0] + margin - 1e-9) & (
+        z[:, None] <= edges[:, 1] - margin + 1e-9
+    )
+    between = centres.any(axis=1)
+    assert (~between).sum() == (2 if overlap == 1 else 0)
+    np.testing.assert_allclose(result[..., between], expected[..., between], rtol=1e-4)
+    for k in np.flatnonzero(~between):
+        nearest = np.clip(z[k], edges[:, 0] + margin, edges[:, 1] - margin)[inside[k]]
+        values = z_ramp(np.array([0.0, 0.0, 1.0])[:, None] * nearest)
+        assert np.isclose(result[..., k, None], values, rtol=1e-6).any(axis=-1).all()
+
+    # Removing the noise changes nothing.
+    exact_arrays, exact_affines = edge_case_stations(z_ramp, overlap, feet_first, 0)
+    exact_grid = stitch.common_grid([a.shape for a in exact_arrays], exact_affines, grid_spacing)
+    assert exact_grid.shape == grid.shape
+    exact = stitch.stitch(exact_arrays, exact_affines, exact_grid)
+    assert np.abs(result - exact).max() < 1e-4 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("feet_first", [False, True], ids=["head_first", "feet_first"])
+def test_points_within_tolerance_of_an_edge_are_covered_and_take_the_edge_value(feet_first):
+    step = np.nextafter(4.5, 0.0)  # 4.499999999999999, as such an affine gives
+    direction = np.diag([1.0, 1.0, -1.0 if feet_first else 1.0])
+    origin = (0.0, 0.0, 22.5 if feet_first else 0.0)  # centres 0 to 22.5 mm either way
+    array, affine = slab(z_ramp, (4, 3, 6), (2.0, 2.0, step), origin, direction)
+    bottom, top = (array[..., -1], array[..., 0]) if feet_first else (array[..., 0], array[..., -1])
+    tolerance_mm = stitch.COVER_TOLERANCE_VOXELS * 4.5
+    cases = [  # z (mm), covered, value there
+        (-2.25, True, bottom),  # the half-voxel edges
+        (24.75, True, top),
+        (-2.25 - 0.5 * tolerance_mm, True, bottom),  # within tolerance beyond them
+        (24.75 + 0.5 * tolerance_mm, True, top),
+        (-2.25 - 2.0 * tolerance_mm, False, None),  # beyond it
+        (24.75 + 2.0 * tolerance_mm, False, None),
+    ]
+    for z, covered, value in cases:
+        grid = Grid((4, 3, 1), (2.0, 2.0, 3.0), (0.0, 0.0, z))
+        for method in ("separable", "general"):
+            values, inside = stitch.sample(array, affine, grid, method=method)
+            assert np.broadcast_to(inside, grid.shape).all() == covered, (z, method)
+            assert np.broadcast_to(inside, grid.shape).any() == covered, (z, method)
+            if covered:
+                np.testing.assert_allclose(values[..., 0], value, rtol=1e-6)
+        assert stitch.coverage(array.shape, affine, grid).slices.tolist() == [covered]

@@ -9,6 +9,12 @@ station is resampled onto it with trilinear interpolation (:func:`sample`), and 
 stations overlap along z their weights ramp linearly across the overlap
 (:func:`blend_weights`), so no seam remains where one station hands over to the next.
 
+Which grid points a station covers is decided once, by :func:`coverage` (its voxel box,
+give or take :data:`COVER_TOLERANCE_VOXELS`): the blend weights, the sampling mask and the
+normaliser all take it from there. Deciding it apart in millimetres and in voxels once let
+float rounding (a 4.5 mm station whose affine gives 4.499999999999999 mm) count a grid
+slice on a station's edge in for its weights and out for its values (issue 22).
+
 Why trilinear by hand rather than SimpleITK or ``scipy.ndimage.map_coordinates``:
 stations of biobank protocols are axis-aligned, and trilinear interpolation of an
 axis-aligned array is three 1-D interpolations in a row, each a gather and a
@@ -50,6 +56,12 @@ SNAP_VOXELS = 1e-3
 DICOM prints positions and spacings to a few decimals, so a grid of the stations' own
 spacing is off their voxel centres by ~1e-7 voxels, and interpolating that would only
 cost time (the error of snapping is below 1e-3 of a voxel-to-voxel difference)."""
+
+COVER_TOLERANCE_VOXELS = 1e-3
+"""How far beyond its half-voxel edge (in its voxels) a point still counts as covered by a
+station (taking its edge value): grid slices land exactly on stations' edges (a 3 mm grid
+and 4.5 mm stations), where positions and spacings read from DICOM put them either side
+by ~1e-15 mm. Well below any real gap or overlap (1e-3 of a 3 mm voxel is 3 um)."""
 
 _AXIS_ALIGNED_TOL = 1e-6
 """Relative size of off-axis affine terms that still counts as axis-aligned."""
@@ -150,7 +162,9 @@ def common_grid(
     )
 
 
-def blend_weights(z_mm: np.ndarray, ranges: Sequence[ZRange]) -> np.ndarray:
+def blend_weights(
+    z_mm: np.ndarray, ranges: Sequence[ZRange], covers: np.ndarray | None = None
+) -> np.ndarray:
     """Weights of each station at each z: linear ramps across overlaps, summing to 1.
 
     A station weighs 1 where it alone covers z. Where the slices of two stations
@@ -168,31 +182,111 @@ def blend_weights(z_mm: np.ndarray, ranges: Sequence[ZRange]) -> np.ndarray:
     Args:
         z_mm: LPS z (mm) of the grid's slices.
         ranges: per station, from :func:`z_range_mm`.
+        covers: (n_stations, n_z) bool, which of the slices each station covers
+            (:attr:`Coverage.slices`); default: those within its ``ranges`` entry and
+            margin, by the same rule (:func:`covered`, half a voxel being the margin).
 
     Returns:
         (n_stations, n_z) float64 weights; each column sums to 1 where any station covers
         that z, else 0.
     """
     z = np.asarray(z_mm, dtype=float)
+    if covers is None:
+        covers = np.array([_covered_z(z, this) for this in ranges], dtype=bool)
+    covers = np.asarray(covers, dtype=bool).reshape(len(ranges), z.size)
     raw = np.zeros((len(ranges), z.size))
     for s, this in enumerate(ranges):
-        inside = (z >= this.low - this.margin) & (z <= this.high + this.margin)
+        inside = covers[s]
         weight = inside.astype(float)
         for t, other in enumerate(ranges):
-            covered_by_both = max(this.low - this.margin, other.low - other.margin) <= min(
-                this.high + this.margin, other.high + other.margin
-            )
-            if t == s or not covered_by_both:
+            if t == s or not np.any(inside & covers[t]):
                 continue
             start, stop = max(this.low, other.low), min(this.high, other.high)
             if stop > start:
                 rising = np.clip((z - start) / (stop - start), 0.0, 1.0)
-            else:
-                rising = (z >= (start + stop) / 2).astype(float)
+            else:  # halfway, a slice within tolerance of it going to the upper station
+                tolerance = 2 * COVER_TOLERANCE_VOXELS * min(this.margin, other.margin)
+                rising = (z >= (start + stop) / 2 - tolerance).astype(float)
             weight *= rising if this.low + this.high > other.low + other.high else 1 - rising
         raw[s] = np.where(inside, np.maximum(weight, MIN_WEIGHT), 0.0)
     total = raw.sum(axis=0)
     return np.divide(raw, total, out=np.zeros_like(raw), where=total > 0)
+
+
+def covered(index: np.ndarray, size: float) -> np.ndarray:
+    """Whether fractional voxel indices along one axis of a station of ``size`` voxels lie
+    in it: within half a voxel of its outer voxel centres, give or take
+    :data:`COVER_TOLERANCE_VOXELS`. The one rule of coverage (see :func:`coverage`)."""
+    index = np.asarray(index, dtype=float)
+    return (index >= -0.5 - COVER_TOLERANCE_VOXELS) & (index <= size - 0.5 + COVER_TOLERANCE_VOXELS)
+
+
+def _covered_z(z_mm: np.ndarray, z_range: ZRange) -> np.ndarray:
+    """:func:`covered` along z for a station known only by its :class:`ZRange`."""
+    voxel = 2 * z_range.margin
+    return covered((z_mm - z_range.low) / voxel, (z_range.high - z_range.low) / voxel + 1)
+
+
+class Coverage(NamedTuple):
+    """The points of a grid that a station covers (from :func:`coverage`).
+
+    Attributes:
+        slices: (n_z,) bool: the grid's z slices it covers, wholly or in part; consecutive.
+        points: bool, (nx, ny, 1) for an axis-aligned station (the grid columns it
+            covers, the same in each of its slices) or (nx, ny, n_z) for an oblique one.
+    """
+
+    slices: np.ndarray
+    points: np.ndarray
+
+    def span(self) -> slice:
+        """The slices it covers, as a slice of the grid's z (empty if none)."""
+        covering = np.flatnonzero(self.slices)
+        if not covering.size:
+            return slice(0, 0)
+        return slice(int(covering[0]), int(covering[-1]) + 1)
+
+    def mask(self, part: slice | None = None) -> np.ndarray:
+        """(nx, ny, n_part) bool: the points it covers among the grid's slices ``part``."""
+        part = part if part is not None else slice(0, self.slices.size)
+        points = self.points if self.points.shape[2] == 1 else self.points[:, :, part]
+        return points & self.slices[part]
+
+    def whole_slices(self) -> bool:
+        """Whether each slice it covers, it covers entirely (true if it covers none)."""
+        if self.points.shape[2] == 1:
+            return bool(self.points.all() or not self.slices.any())
+        return bool(self.points[:, :, self.slices].all())
+
+
+def coverage(shape: Sequence[int], affine_lps: np.ndarray, grid: Grid) -> Coverage:
+    """Which points of ``grid`` the station of array ``shape`` and voxel -> LPS mm
+    ``affine_lps`` covers: those whose voxel indices are :func:`covered` along every axis,
+    i.e. within its voxel box, give or take :data:`COVER_TOLERANCE_VOXELS`.
+
+    Stitching decides coverage here only: blend weights (:func:`blend_weights`), the
+    mask :func:`sample` returns and the normaliser of :func:`stitch` all follow it.
+    """
+    affine = np.asarray(affine_lps, dtype=float)
+    axes = [grid.axis_mm(0), grid.axis_mm(1), grid.axis_mm(2)]
+    permutation = _axis_permutation(affine)
+    if permutation is not None:
+        index = _separable_indices(affine, axes, permutation)
+        inside = [covered(index[a], shape[permutation[a]]) for a in range(3)]
+        points = inside[0][:, None, None] & inside[1][None, :, None]
+        return Coverage(inside[2] & points.any(), points)
+    # Oblique: per point, over the slices its voxel box can reach (with room to spare).
+    z_range = z_range_mm(shape, affine)
+    reach = (axes[2] >= z_range.low - 2 * z_range.margin) & (
+        axes[2] <= z_range.high + 2 * z_range.margin
+    )
+    points = np.zeros(grid.shape, dtype=bool)
+    if reach.any():
+        near = slice(int(np.flatnonzero(reach)[0]), int(np.flatnonzero(reach)[-1]) + 1)
+        index = _general_indices(affine, [axes[0], axes[1], axes[2][near]])
+        size = np.asarray(shape, dtype=float)[:, None]
+        points[:, :, near] = np.all(covered(index, size), axis=0).reshape(points[:, :, near].shape)
+    return Coverage(points.any(axis=(0, 1)), points)
 
 
 def sample(
@@ -205,8 +299,9 @@ def sample(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Trilinear values of a station at the points of ``grid`` (some of its z slices).
 
-    Points up to half a voxel beyond the station's outer voxel centres take the edge
-    value (the station covers them); points further out are outside.
+    Points up to half a voxel beyond the station's outer voxel centres (give or take
+    :data:`COVER_TOLERANCE_VOXELS`) take the edge value: the station covers them
+    (:func:`coverage`); points further out are outside.
 
     Args:
         array: the station, (ni, nj, nk).
@@ -221,6 +316,14 @@ def sample(
         broadcastable to it that is False where a point lies outside the station.
     """
     slices = slices or slice(0, grid.shape[2])
+    values = _sample_values(array, affine_lps, grid, slices, method)
+    return values, coverage(array.shape, affine_lps, grid).mask(slices)
+
+
+def _sample_values(
+    array: np.ndarray, affine_lps: np.ndarray, grid: Grid, slices: slice, method: str
+) -> np.ndarray:
+    """The values of :func:`sample` (edge values beyond the station)."""
     axes = [grid.axis_mm(0), grid.axis_mm(1), grid.axis_mm(2)[slices]]
     permutation = _axis_permutation(affine_lps)
     if method == "general" or (method == "auto" and permutation is None):
@@ -241,37 +344,40 @@ def _axis_permutation(affine_lps: np.ndarray) -> tuple[int, int, int] | None:
     return int(along[0]), int(along[1]), int(along[2])
 
 
+def _separable_indices(
+    affine: np.ndarray, axes: list[np.ndarray], permutation: tuple[int, int, int]
+) -> list[np.ndarray]:
+    """Per grid axis, the fractional indices of its points along the station axis along it."""
+    return [(axes[a] - affine[a, 3]) / affine[a, permutation[a]] for a in range(3)]
+
+
+def _general_indices(affine: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
+    """(3, n_points) fractional station indices of the grid points ``axes`` spans."""
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=0).reshape(3, -1)
+    inverse = np.linalg.inv(affine)
+    return inverse[:3, :3] @ points + inverse[:3, 3:4]
+
+
 def _sample_separable(
     array: np.ndarray,
     affine_lps: np.ndarray,
     axes: list[np.ndarray],
     permutation: tuple[int, int, int],
-) -> tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray:
     affine = np.asarray(affine_lps, dtype=float)
     values = np.asarray(array, dtype=np.float32).transpose(permutation)
-    indices = [(axes[a] - affine[a, 3]) / affine[a, permutation[a]] for a in range(3)]
-    inside = [
-        (index >= -0.5) & (index <= array.shape[permutation[a]] - 0.5)
-        for a, index in enumerate(indices)
-    ]
-    values = separable_linear(values, indices, "nearest", SNAP_VOXELS)
-    mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
-    return values, mask
+    indices = _separable_indices(affine, axes, permutation)
+    return separable_linear(values, indices, "nearest", SNAP_VOXELS)
 
 
 def _sample_general(
     array: np.ndarray, affine_lps: np.ndarray, axes: list[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=0).reshape(3, -1)
-    inverse = np.linalg.inv(np.asarray(affine_lps, dtype=float))
-    index = inverse[:3, :3] @ points + inverse[:3, 3:4]
-    shape = np.asarray(array.shape)[:, None]
-    inside = np.all((index >= -0.5) & (index <= shape - 0.5), axis=0)
+) -> np.ndarray:
+    index = _general_indices(np.asarray(affine_lps, dtype=float), axes)
     values = ndimage.map_coordinates(
         np.asarray(array, dtype=np.float32), index, order=1, mode="nearest"
     )
-    out_shape = tuple(len(a) for a in axes)
-    return values.reshape(out_shape), inside.reshape(out_shape)
+    return values.reshape(tuple(len(a) for a in axes))
 
 
 def stitch(arrays: Sequence[np.ndarray], affines: Sequence[np.ndarray], grid: Grid) -> np.ndarray:
@@ -290,26 +396,29 @@ def stitch(arrays: Sequence[np.ndarray], affines: Sequence[np.ndarray], grid: Gr
     """
     ranges = [z_range_mm(a.shape, f) for a, f in zip(arrays, affines, strict=True)]
     check_contiguous(ranges)
-    weights = blend_weights(grid.axis_mm(2), ranges).astype(np.float32)
+    # Coverage, decided once per station: its slices set the blend weights, its points
+    # the mask and the normaliser.
+    covers = [coverage(a.shape, f, grid) for a, f in zip(arrays, affines, strict=True)]
+    weights = blend_weights(grid.axis_mm(2), ranges, np.array([c.slices for c in covers]))
+    weights = weights.astype(np.float32)
     # Fortran order, as DICOM volumes and NIfTI files are laid out: whole z slices of
     # the grid are then contiguous, and so are the slabs each station adds to.
     total = np.zeros(grid.shape, dtype=np.float32, order="F")
-    # Sum of weights: per slice for stations covering whole slices (the usual case),
-    # per point only once a station covers part of a slice.
-    norm: np.ndarray = np.zeros(grid.shape[2], dtype=np.float32)
-    for array, affine, weight in zip(arrays, affines, weights, strict=True):
-        covered = np.flatnonzero(weight > 0)
-        if not covered.size:
+    # Sum of weights: per slice where every station covers whole slices (the usual case),
+    # per point where one covers part of a slice (a narrower field of view in-plane, an
+    # oblique station), decided here from the coverage.
+    per_point = not all(c.whole_slices() for c in covers)
+    norm = np.zeros(grid.shape if per_point else grid.shape[2], dtype=np.float32, order="F")
+    for array, affine, cover, weight in zip(arrays, affines, covers, weights, strict=True):
+        part = cover.span()
+        if part.start == part.stop:
             continue
-        part = slice(int(covered[0]), int(covered[-1]) + 1)
-        values, inside = sample(array, affine, grid, part)
-        if inside.all():
+        values = _sample_values(array, affine, grid, part, "auto")
+        if per_point:
+            local = cover.mask(part) * weight[part]
+            total[:, :, part] += values * local
+            norm[:, :, part] += local
+        else:
             total[:, :, part] += values * weight[part]
-            norm[..., part] += weight[part]  # per slice, or per point once 3-D
-            continue
-        if norm.ndim == 1:
-            norm = np.broadcast_to(norm, grid.shape).copy(order="F")
-        local = inside * weight[part]
-        total[:, :, part] += values * local
-        norm[:, :, part] += local
+            norm[part] += weight[part]
     return np.divide(total, norm, out=total, where=norm > 0)
