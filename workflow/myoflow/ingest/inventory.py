@@ -10,8 +10,9 @@ Per participant, the outcome is either
 - ``{participants_dir}/{participant}/dicom/inventory.tsv`` (one row per series) and
   ``dicom/inventory.json`` (counts, ignored files, and what produced it), or
 - ``{participants_dir}/{participant}/exclusion.json`` with a reason code from
-  :data:`EXCLUSION_REASONS`, when the folder or zip is missing, unreadable, corrupt or
-  holds no MR series.
+  :data:`EXCLUSION_REASONS`, when the folder or zip is missing, unreadable, corrupt,
+  beyond the delivery limits (:mod:`myoflow.ingest.limits`: a zip bomb, a huge file, a
+  header declaring an absurd image) or holds no MR series.
 
 ``inventory.json`` is written last and marks the participant complete: a rerun skips a
 participant whose marker is newer than its DICOM folder or zip and was written by the same
@@ -37,6 +38,7 @@ from pydicom.multival import MultiValue
 from myoflow.core.errors import ParticipantExcluded
 from myoflow.core.io import write_json, write_tsv
 from myoflow.core.shard_runner import INTERNAL_ERROR, INTERNAL_ERROR_MEANING, Outcome, run_shard
+from myoflow.ingest.limits import DEFAULT_LIMITS, DeliveryLimits
 from myoflow.ingest.sources import (
     IGNORED_REASONS,
     SOURCE_REASONS,
@@ -110,15 +112,17 @@ class Inventory:
         return int(self.series["n_files"].sum())
 
 
-def inventory_participant(dicom_path: str | os.PathLike[str]) -> Inventory:
+def inventory_participant(
+    dicom_path: str | os.PathLike[str], limits: DeliveryLimits = DEFAULT_LIMITS
+) -> Inventory:
     """Inventory one participant's DICOM folder (searched recursively) or zip.
 
     Raises:
-        ParticipantExcluded: the path is missing, unreadable or a corrupt zip, or it holds
-            no MR series.
+        ParticipantExcluded: the path is missing, unreadable or a corrupt zip, the delivery
+            is beyond ``limits``, or it holds no MR series.
     """
     path = Path(dicom_path)
-    source, members = participant_members(path)
+    source, members = participant_members(path, limits)
     headers: list[SliceHeader] = []
     ignored: list[IgnoredFile] = []
     for name, open_member in members:
@@ -232,6 +236,7 @@ def inventory_shard(
     members: pd.DataFrame,
     participants_dir: str | os.PathLike[str],
     log: Callable[[str], None] = print,
+    limits: DeliveryLimits = DEFAULT_LIMITS,
 ) -> pd.DataFrame:
     """Inventory every participant of a shard; return the shard table (SHARD_COLUMNS).
 
@@ -239,12 +244,13 @@ def inventory_shard(
         members: rows with ``participant_id``, ``shard`` and ``dicom_path`` (resolved).
         participants_dir: folder holding one folder per participant.
         log: receives one progress line per participant.
+        limits: what one delivery may hold (config ``ingest.limits``).
 
     A participant that cannot be inventoried gets ``exclusion.json`` and an ``excluded``
     row; it never stops the others (:func:`myoflow.core.shard_runner.run_shard`).
     Participants already complete are skipped.
     """
-    return run_shard(InventoryStage(), members, participants_dir, log=log).status
+    return run_shard(InventoryStage(limits), members, participants_dir, log=log).status
 
 
 class InventoryStage:
@@ -254,6 +260,9 @@ class InventoryStage:
     columns = SHARD_COLUMNS
     defaults = {"n_series": 0, "n_files": 0, "n_ignored": 0}
 
+    def __init__(self, limits: DeliveryLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+
     def current(self, member: Any, folder: Path) -> Outcome | None:
         files = ParticipantFiles(folder)
         summary = complete_summary(files, member.participant_id, Path(member.dicom_path))
@@ -261,7 +270,7 @@ class InventoryStage:
 
     def run(self, member: Any, folder: Path) -> Outcome:
         summary = _inventory_one(
-            ParticipantFiles(folder), member.participant_id, Path(member.dicom_path)
+            ParticipantFiles(folder), member.participant_id, Path(member.dicom_path), self.limits
         )
         return Outcome(summary, f"ok, {summary['n_series']} series")
 
@@ -271,13 +280,18 @@ class InventoryStage:
         files.series_table.unlink(missing_ok=True)
 
 
-def _inventory_one(files: ParticipantFiles, participant_id: str, dicom_path: Path) -> dict:
+def _inventory_one(
+    files: ParticipantFiles,
+    participant_id: str,
+    dicom_path: Path,
+    limits: DeliveryLimits = DEFAULT_LIMITS,
+) -> dict:
     """Inventory one participant and write its outputs; return its summary.
 
     Raises:
         ParticipantExcluded: the delivery cannot be inventoried; the caller records it.
     """
-    inventory = inventory_participant(dicom_path)
+    inventory = inventory_participant(dicom_path, limits)
     write_tsv(files.series_table, inventory.series)
     summary = {
         "participant_id": participant_id,

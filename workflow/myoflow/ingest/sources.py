@@ -6,10 +6,18 @@ zip of that folder give the same results, and every stage agrees on which files 
 not DICOM, not MR, or damaged. A member is a relative POSIX name and a function that
 opens it for reading; zip members are read into memory one at a time, when the
 iteration reaches them.
+
+A delivery beyond its limits (:mod:`myoflow.ingest.limits`) excludes the participant before
+anything large is read or allocated: the folder listing or the zip's central directory
+is checked before the first member is yielded, a zip member is read with a bounded
+reader, and :func:`read_member` checks the image each MR header declares before its pixel
+data is read. Each member's opener carries its delivery's limits and running totals
+(:class:`MemberOpener`), so every stage applies the same limits.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import struct
@@ -24,6 +32,13 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from myoflow.core.errors import ParticipantExcluded
+from myoflow.ingest.limits import (
+    DEFAULT_LIMITS,
+    LIMIT_REASONS,
+    DeliveryLimits,
+    DeliveryTally,
+    check_listing,
+)
 
 Member = tuple[str, Callable[[], BinaryIO]]
 """A file of a participant's DICOM: its relative name and a function opening it."""
@@ -32,6 +47,7 @@ SOURCE_REASONS = {
     "dicom_missing": "the DICOM folder or zip named in the sheet does not exist",
     "dicom_unreadable": "the DICOM folder or zip exists but cannot be read",
     "zip_corrupt": "the zip archive is damaged or not a zip archive",
+    **LIMIT_REASONS,
 }
 """Exclusion reasons raised while listing or reading a delivery."""
 
@@ -62,56 +78,135 @@ class IgnoredFile:
     detail: str
 
 
-def participant_members(dicom_path: str | os.PathLike[str]) -> tuple[str, Iterator[Member]]:
+@dataclass(frozen=True)
+class MemberOpener:
+    """Opens one member of a delivery; carries the delivery's limits and running totals."""
+
+    opener: Callable[[], BinaryIO]
+    tally: DeliveryTally
+
+    def __call__(self) -> BinaryIO:
+        return self.opener()
+
+
+def participant_members(
+    dicom_path: str | os.PathLike[str], limits: DeliveryLimits = DEFAULT_LIMITS
+) -> tuple[str, Iterator[Member]]:
     """Return ``("folder" | "zip", members)`` for a participant's DICOM folder or zip.
 
     The folder is listed, or the zip opened, only when iteration starts; errors then
-    surface from the iteration.
+    surface from the iteration. Reading the members with :func:`read_member` applies
+    ``limits`` to their headers too.
 
     Raises:
         ParticipantExcluded: the path does not exist (``dicom_missing``) or is neither a
             folder nor a file (``dicom_unreadable``); while iterating, also
-            ``dicom_unreadable`` and ``zip_corrupt`` (see :data:`SOURCE_REASONS`).
+            ``dicom_unreadable``, ``zip_corrupt`` and the reasons of a delivery beyond
+            ``limits`` (see :data:`SOURCE_REASONS`).
     """
     path = Path(dicom_path)
     if path.is_dir():
-        return "folder", folder_members(path)
+        return "folder", folder_members(path, limits)
     if path.is_file():
-        return "zip", zip_members(path)
+        return "zip", zip_members(path, limits)
     if path.exists():
         raise ParticipantExcluded("dicom_unreadable", f"{path} is neither a folder nor a file")
     raise ParticipantExcluded("dicom_missing", f"no folder or zip at {path}")
 
 
-def folder_members(root: Path) -> Iterator[Member]:
-    """Yield (relative POSIX name, opener) for every file under ``root``, sorted by name."""
+def folder_members(root: Path, limits: DeliveryLimits = DEFAULT_LIMITS) -> Iterator[Member]:
+    """Yield (relative POSIX name, opener) for every file under ``root``, sorted by name.
+
+    The listing (count, sizes) is checked against ``limits`` before the first file is
+    yielded; listing stops as soon as it finds more than ``limits.max_files`` files.
+    """
 
     def fail(err: OSError) -> None:
         raise ParticipantExcluded("dicom_unreadable", f"cannot list {err.filename}: {err.strerror}")
 
-    paths = [
-        Path(folder, name) for folder, _, files in os.walk(root, onerror=fail) for name in files
-    ]
-    for name, path in sorted((path.relative_to(root).as_posix(), path) for path in paths):
-        yield name, lambda path=path: path.open("rb")
+    paths: list[Path] = []
+    for folder, _, files in os.walk(root, onerror=fail):
+        paths.extend(Path(folder, name) for name in files)
+        if len(paths) > limits.max_files:
+            raise ParticipantExcluded(
+                "delivery_too_large", f"{root} holds more than {limits.max_files} files"
+            )
+    named = sorted((path.relative_to(root).as_posix(), path) for path in paths)
+    check_listing(str(root), ((name, _size(path), None) for name, path in named), limits)
+    tally = DeliveryTally(limits)
+    for name, path in named:
+        yield name, MemberOpener(lambda path=path: path.open("rb"), tally)
 
 
-def zip_members(archive: Path) -> Iterator[Member]:
-    """Yield (member name, opener) for every file member of a zip, sorted by name."""
+def _size(path: Path) -> int:
+    """A file's size; 0 when it cannot be read (reading it then reports the file)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def zip_members(archive: Path, limits: DeliveryLimits = DEFAULT_LIMITS) -> Iterator[Member]:
+    """Yield (member name, opener) for every file member of a zip, sorted by name.
+
+    The central directory (count, declared sizes, compression ratios) is checked against
+    ``limits`` before the first member is read, and each member is read with a bounded
+    reader (:func:`_read_zip_member`).
+    """
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = sorted((i for i in zf.infolist() if not i.is_dir()), key=lambda i: i.filename)
+            listing = ((i.filename, i.file_size, i.compress_size) for i in infos)
+            check_listing(str(archive), listing, limits)
+            tally = DeliveryTally(limits)
             for info in infos:
-                data = zf.read(info)
-                yield info.filename, lambda data=data: io.BytesIO(data)
+                data = _read_zip_member(zf, info, archive)
+                yield info.filename, MemberOpener(lambda data=data: io.BytesIO(data), tally)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
         raise ParticipantExcluded("zip_corrupt", f"{archive}: {err}") from err
     except OSError as err:
         raise ParticipantExcluded("dicom_unreadable", f"{archive}: {err.strerror or err}") from err
 
 
+_OVERSHOOT = 1 << 20
+"""Bytes a bounded zip read lets zipfile decompress beyond the declared size (it asks for
+at most 4 KiB more than requested)."""
+
+
+def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path) -> bytes:
+    """Read a member, asking for at most one byte more than its declared size.
+
+    ``zf.read`` decompresses a whole stream in one call before cutting it to the declared
+    size (a 1000-byte entry of a 300 MiB stream costs 300 MiB); this reader asks for the
+    declared size plus one byte, so a member expanding beyond what its entry declares
+    costs a few KiB and is refused.
+
+    Raises:
+        ParticipantExcluded: ``zip_bomb``: the member expands beyond its declared size.
+    """
+    declared = info.file_size
+    # zipfile cuts a member at its file_size and then checks its CRC, which a lying member
+    # fails (zip_corrupt); a larger file_size lets it hand over the excess bytes instead.
+    # It decompresses at most one chunk beyond what is asked, so memory stays bounded.
+    probe = copy.copy(info)
+    probe.file_size = declared + _OVERSHOOT
+    with zf.open(probe) as stream:
+        data = stream.read(declared + 1)
+    if len(data) > declared:
+        raise ParticipantExcluded(
+            "zip_bomb",
+            f"{archive}: {info.filename} expands to more than the {declared} bytes its entry "
+            "declares",
+        )
+    return data
+
+
 def read_member(
-    name: str, open_member: Callable[[], BinaryIO], *, pixels: bool = False
+    name: str,
+    open_member: Callable[[], BinaryIO],
+    *,
+    pixels: bool = False,
+    limits: DeliveryLimits = DEFAULT_LIMITS,
 ) -> pydicom.Dataset | IgnoredFile:
     """Read one MR DICOM file; return its dataset, or why it is passed over.
 
@@ -121,11 +216,25 @@ def read_member(
     pydicom reads a truncated file without complaint, even one cut inside a UID, so the
     rest of the file must hold the whole pixel data element.
 
+    The image an MR header declares is checked against the delivery's limits before its
+    pixel data is read, even when ``pixels`` is false, so every stage refuses the same
+    participants: the limits and running totals of ``open_member`` when it is a
+    :class:`MemberOpener` (as :func:`participant_members` yields), else ``limits``
+    (without totals over files).
+
     Args:
         name: the member's relative name, for the report.
         open_member: opens the member for binary reading.
         pixels: also read the pixel data (otherwise the dataset stops before it).
+        limits: the limits when ``open_member`` carries none.
+
+    Raises:
+        ParticipantExcluded: ``image_too_large`` or ``delivery_too_large``
+            (:data:`~myoflow.ingest.limits.LIMIT_REASONS`).
     """
+    tally = getattr(open_member, "tally", None)
+    if not isinstance(tally, DeliveryTally):
+        tally = DeliveryTally(limits)
     try:
         with open_member() as handle:
             if not handle.read(1):
@@ -142,11 +251,14 @@ def read_member(
                 return IgnoredFile(name, "not_mr", "Modality missing")
             if not str(ds.get("SeriesInstanceUID", "") or "").strip():
                 return IgnoredFile(name, "no_series_uid", "SeriesInstanceUID missing")
+            tally.add_image(name, ds)  # before any pixel data is read or decoded
             if pixels:
                 _read_pixel_data(ds, handle, *element)
             return ds
     except InvalidDicomError:
         return IgnoredFile(name, "not_dicom", "no DICM preamble")
+    except ParticipantExcluded:
+        raise
     except Exception as err:  # pydicom raises many exception types on damaged headers
         return IgnoredFile(name, "unreadable", f"{type(err).__name__}: {err}")
 
