@@ -7,7 +7,8 @@ rule cohort_participants:
     """Gather the shard tables into the analysis table and the exclusions."""
     input:
         sheet=config["participants"],
-        phenotypes=config["phenotypes"],
+        # Config phenotypes, or nothing when it is null or absent (no phenotype table).
+        phenotypes=phenotypes_table,
         # The last stage's tables carry every earlier exclusion forward.
         measure=expand(results("shards/{shard}/measure.tsv"), shard=all_shards()),
         metrics=expand(results("shards/{shard}/metrics.tsv"), shard=all_shards()),
@@ -36,11 +37,12 @@ rule cohort_participants:
         # Only the stats keys the gather reads: an analysis option reruns the statistics,
         # not the gather.
         stats=gather_stats_json(),
+        phenotypes=lambda wildcards, input: phenotypes_argument(input),
     # The command finds the shard tables from the sheet and shard size (thousands of
     # paths would not fit a command line).
     shell:
         "myoflow gather --sheet {input.sheet:q} --shard-size {params.shard_size}"
-        " --shards-dir {params.shards_dir:q} --phenotypes {input.phenotypes:q}"
+        " --shards-dir {params.shards_dir:q} {params.phenotypes}"
         " --stats {params.stats:q} --participants-out {output.participants:q}"
         " --profiles-out {output.profiles:q}"
         " --exclusions-out {output.exclusions:q} --outliers-out {output.outliers:q}"
@@ -103,10 +105,12 @@ rule cohort_statistics:
     params:
         stats=stats_json(),
         manual=manual_arguments(),
+        phenotypes=no_phenotypes_flag(),
     shell:
         "myoflow analyse --participants {input.participants:q}"
         " --profiles {input.profiles:q} --exclusions {input.exclusions:q}"
-        " --stats {params.stats:q} {params.manual} --out {output:q} > {log:q} 2>&1"
+        " --stats {params.stats:q} {params.manual} {params.phenotypes}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule cohort_figures:

@@ -76,6 +76,39 @@ def final_outputs():
     ]
 
 
+def phenotypes_table(wildcards):
+    """The phenotype table (config `phenotypes`) as a list: empty when it is null or absent.
+
+    Without one the cohort rules still run (the phenotype columns are left empty and the
+    report lists the analyses that need them). A path that is set must exist: a typo stops
+    the run when the workflow is planned, before any job, instead of being taken for "no
+    phenotypes".
+    """
+    path = config.get("phenotypes")
+    if not path:
+        return []
+    if not os.path.exists(path):
+        raise WorkflowError(
+            f"config phenotypes: {path} does not exist. Give the phenotype table's path, or "
+            "set `phenotypes: null` (on the command line: --config phenotypes=) to run "
+            "without phenotypes."
+        )
+    return [path]
+
+
+def phenotypes_argument(input):
+    """`--phenotypes PATH` for `myoflow gather`, or `--no-phenotypes` without a table."""
+    if input.phenotypes:
+        return f"--phenotypes {shlex.quote(str(input.phenotypes[0]))}"
+    return "--no-phenotypes"
+
+
+def no_phenotypes_flag():
+    """`--no-phenotypes` for `myoflow analyse` when config `phenotypes` is null or absent
+    (a params value: setting or unsetting the table reruns the statistics)."""
+    return "" if config.get("phenotypes") else "--no-phenotypes"
+
+
 def stats_json():
     """The stats settings as one JSON argument (a param: a change reruns what uses it)."""
     return json.dumps(config.get("stats", {}), sort_keys=True, separators=(",", ":"))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from test_stats_planted import KNOWN_MISSES, SEED
 
-from myoflow.cohort.analysis import AnalysisSettings, run_analysis
+from myoflow.cohort.analysis import NEEDS_PHENOTYPES, AnalysisSettings, run_analysis
 from myoflow.cohort.analysis_tables import (
     profile_matrix_from_text,
     read_analysis_cohort,
@@ -117,14 +117,17 @@ def command(module, *argv: str) -> int:
     return args.func(args)
 
 
-def gather(folder: Path, shard_size: int = 5, stats: dict | None = None) -> int:
-    """``myoflow gather`` of the pipeline written by :func:`write_pipeline` into folder/cohort."""
+def gather(
+    folder: Path, shard_size: int = 5, stats: dict | None = None, phenotypes: bool = True
+) -> int:
+    """``myoflow gather`` of the pipeline written by :func:`write_pipeline` into folder/cohort
+    (``phenotypes=False``: without the phenotype table, as when config phenotypes is null)."""
     return command(
         gather_command,
         f"--sheet={folder / 'participants.tsv'}",
         f"--shard-size={shard_size}",
         f"--shards-dir={folder / 'shards'}",
-        f"--phenotypes={folder / 'phenotypes.tsv'}",
+        f"--phenotypes={folder / 'phenotypes.tsv'}" if phenotypes else "--no-phenotypes",
         f"--stats={json.dumps(stats or {})}",
         f"--participants-out={folder / 'cohort' / 'participants.tsv'}",
         f"--profiles-out={folder / 'cohort' / 'csa_profiles.tsv'}",
@@ -201,6 +204,75 @@ def test_every_sheet_participant_is_analysed_or_excluded_once(planted):
         "metrics": 2,
         "phenotype": 3,
     }
+
+
+def test_without_phenotypes_everyone_measured_is_analysed_with_empty_phenotypes(planted):
+    """No phenotype table (config phenotypes null): nobody is excluded for phenotypes, the
+    metrics and QC come through, and sex, age, height, BMI and the IMI are empty, not 0."""
+    assert gather(planted, phenotypes=False) == 0
+    text = pd.read_csv(
+        planted / "cohort" / "participants.tsv", sep="\t", dtype=str, keep_default_na=False
+    ).set_index(ID)
+    exclusions = read_tsv(planted / "cohort" / "exclusions.tsv").set_index(ID)
+    sheet = read_tsv(planted / "participants.tsv")
+    assert sorted([*text.index, *exclusions.index]) == sorted(sheet[ID])
+    assert "phenotype" not in set(exclusions["stage"])
+    # the three with bad or no phenotypes are analysed now; the other exclusions stand
+    assert {"ukbb000010", "ukbb000011", "ukbb000012"} <= set(text.index)
+    assert set(exclusions.index) == set(PLANTED_EXCLUSIONS) | {
+        "ukbb000006",
+        "ukbb000008",
+        "ukbb000009",
+    }
+    for column in ("sex", "age", "height_cm", "weight_kg", "bmi", "imi_ml_m2"):
+        assert (text[column] == "").all(), column  # unknown, never 0
+    written = pd.concat(
+        [
+            pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False)
+            for p in sorted((planted / "shards").glob("*/metrics.tsv"))
+        ]
+    ).set_index(ID)
+    columns = [c for c in written.columns if c != "imi_ml_m2" and c in text.columns]
+    assert len(columns) > 20
+    assert (text.loc[:, columns] == written.loc[text.index, columns]).all().all()
+    assert text.loc["ukbb000007", "qc_status"] == "warn"
+    assert set(text["qc_status"]) <= {"pass", "warn"}
+    cohort = read_analysis_cohort(
+        planted / "cohort" / "participants.tsv", planted / "cohort" / "exclusions.tsv"
+    )
+    check_accounting(sheet, cohort)
+    # the statistics: what needs phenotypes is recorded as such, the rest runs overall
+    args = [f"--participants={planted / 'cohort' / 'participants.tsv'}"]
+    args += [f"--exclusions={planted / 'cohort' / 'exclusions.tsv'}"]
+    args += [f"--profiles={planted / 'cohort' / 'csa_profiles.tsv'}", "--no-phenotypes"]
+    assert command(analyse, *args, f"--out={planted / 'tables'}") == 0
+    tables = read_tables(planted / "tables")
+    analyses = tables["analyses"].set_index("analysis")
+    needs = analyses.index[analyses["message"].astype(str) == NEEDS_PHENOTYPES]
+    assert set(needs) >= {
+        "table1",
+        "table1_tests",
+        "table2",
+        "handedness_anova",
+        "gam",
+        "percentiles_age",
+        "percentiles_bmi",
+        "csa_profiles_age",
+        "regression volume_height",
+    }
+    assert (analyses.loc[needs, "status"] == "skipped").all()
+    ran = analyses.index[analyses["status"] == "ok"]
+    assert set(ran) >= {"flow", "volumes", "asymmetry", "correlations", "csa_profiles_overall"}
+    assert "table1" not in tables and "sex" not in tables["asymmetry"].columns
+    volumes = tables["volumes"].set_index("metric")
+    assert "imi_ml_m2" not in volumes.index
+    n = len(cohort.table)
+    assert volumes.loc["vol_iliopsoas_total_ml", "n"] == n
+    assert np.isclose(
+        volumes.loc["vol_iliopsoas_total_ml", "mean"], cohort.table["vol_iliopsoas_total_ml"].mean()
+    )
+    assert set(tables["csa_profiles_overall"]["side"]) == {"left", "right"}
+    assert tables["outlier_counts"]["n"].eq(n).all()
 
 
 def test_metrics_pass_through_as_written_and_imi_comes_from_height(planted):

@@ -236,3 +236,44 @@ def test_the_cohort_rules_run_and_snakemake_reports_them(tmp_path):
     )
     html = (tmp_path / "snakemake_report.html").read_text()
     assert "cohort_report" in html and len(html) > 100_000
+
+
+@pytest.mark.workflow
+def test_without_phenotypes_the_cohort_rules_run_and_the_report_names_what_needs_them(tmp_path):
+    """Config phenotypes null: participants.tsv and the report are made, the phenotype
+    columns are empty and the report lists the analyses that need phenotypes; a path that
+    is set but missing still stops the run before any job."""
+    copy_workflow(tmp_path)
+    phenotypes, truth = synth_cohort(tmp_path / "synth", 30, seed=31)
+    write_pipeline(tmp_path / "data", phenotypes, truth, shards_dir=tmp_path / "results" / "shards")
+    (tmp_path / "data" / "phenotypes.tsv").unlink()
+    config = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    config |= {"participants": "data/participants.tsv", "shards": {"size": 5}}
+    rules = ["cohort_participants", "cohort_statistics", "cohort_figures", "cohort_report"]
+    target = "results/cohort/report.html"
+    config["phenotypes"] = "data/phenotypes.tsv"  # set, but not there: a typo stops the run
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    typo = snakemake("-n", "--allowed-rules", *rules, "--", target, cwd=tmp_path)
+    assert typo.returncode != 0
+    assert "config phenotypes: data/phenotypes.tsv does not exist" in typo.stdout + typo.stderr
+    config["phenotypes"] = None
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    out = check(snakemake("--cores", "1", "--allowed-rules", *rules, "--", target, cwd=tmp_path))
+    assert "4 of 4 steps (100%) done" in out
+    gathered = pd.read_csv(
+        tmp_path / "results" / "cohort" / "participants.tsv",
+        sep="\t",
+        dtype=str,
+        keep_default_na=False,
+    )
+    assert len(gathered) == 30
+    for column in ("sex", "age", "height_cm", "bmi", "imi_ml_m2"):
+        assert (gathered[column] == "").all(), column
+    assert (gathered["vol_iliopsoas_total_ml"] != "").all()
+    page = (tmp_path / target).read_text()
+    assert "30</b> participants" in page and "<h2>Analyses not run</h2>" in page
+    assert "No phenotype table was configured" in page
+    for analysis in ("table1", "table2", "gam", "percentiles_age", "csa_profiles_age"):
+        assert f"<li>{analysis}: needs phenotypes (config phenotypes is not set)</li>" in page
+    assert "Muscle measures, all participants" in page
+    assert 'id="csa_profiles_overall"' in page

@@ -28,6 +28,11 @@ Tables (those of skipped analyses are absent):
 - ``bland_altman``, ``bland_altman_points``, ``dice``: agreement with manual annotations;
 - ``outlier_counts``: cohort-level flags per volume and sex;
 - ``analyses``: every analysis, ``ok`` or ``skipped``, and why.
+
+Without phenotypes (config ``phenotypes`` not set: ``run_analysis(..., phenotypes=False)``)
+the analyses that need them are recorded as skipped with :data:`NEEDS_PHENOTYPES` and the
+rest run over the whole cohort (:mod:`myoflow.cohort.analysis_overall`: ``volumes``,
+``asymmetry``, ``correlations``, ``csa_profiles_overall``, ``outlier_counts``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,25 @@ from myoflow.cohort.stats.groups import NAKO_AGE_EDGES, WHO_BMI_EDGES, WHO_BMI_L
 SEX = "sex"
 MANUAL_PREFIX = "manual_"
 """Manual annotation columns are ``manual_<metric>``, e.g. ``manual_vol_iliopsoas_total_ml``."""
+
+NEEDS_PHENOTYPES = "needs phenotypes (config phenotypes is not set)"
+"""Why an analysis is not run when no phenotype table is configured."""
+
+PHENOTYPE_COLUMNS = frozenset(
+    {
+        "sex",
+        "age",
+        "height_cm",
+        "weight_kg",
+        "bmi",
+        "handedness",
+        "ethnicity",
+        "imi_ml_m2",  # total iliopsoas volume / height^2
+        "age_group",
+        "bmi_class",
+    }
+)
+"""Columns of the analysis table that come from the phenotype table or are derived from it."""
 
 DEFAULT_CORRELATIONS = (
     *correlate.UKBB_PAIRS,
@@ -160,7 +184,9 @@ class _Runner:
         self.tables: dict[str, pd.DataFrame] = {}
         self.records: list[dict[str, str]] = []
 
-    def __call__(self, name: str, func: Callable[[], Mapping[str, pd.DataFrame]]) -> None:
+    def __call__(
+        self, name: str, func: Callable[[], Mapping[str, pd.DataFrame]], note: str = ""
+    ) -> None:
         try:
             produced = dict(func())
         except (StatsInputError, np.linalg.LinAlgError) as err:
@@ -173,7 +199,13 @@ class _Runner:
                 frame = pd.concat([self.tables[table], frame], ignore_index=True)
             self.tables[table] = frame
         self.records.append(
-            {"analysis": name, "status": "ok", "tables": ",".join(produced), "message": ""}
+            {"analysis": name, "status": "ok", "tables": ",".join(produced), "message": note}
+        )
+
+    def skip(self, name: str, message: str) -> None:
+        """Record ``name`` as not run, and why (e.g. :data:`NEEDS_PHENOTYPES`)."""
+        self.records.append(
+            {"analysis": name, "status": "skipped", "tables": "", "message": message}
         )
 
     def result(self) -> AnalysisResult:
@@ -199,10 +231,12 @@ def _present(table: pd.DataFrame, columns: Sequence[str], what: str) -> list[str
     return found
 
 
-def _regression(table: pd.DataFrame, spec: Regression, level: float) -> dict[str, pd.DataFrame]:
+def _regression(
+    table: pd.DataFrame, spec: Regression, level: float, by: str | None = SEX
+) -> dict[str, pd.DataFrame]:
     """One configured regression's tables, each row labelled with its name and formula."""
     data = _narrow(table, *_formula_columns(table, spec.formula))
-    fit = regress.ols(data, spec.formula, by=SEX, predict_over=spec.predict_over, level=level)
+    fit = regress.ols(data, spec.formula, by=by, predict_over=spec.predict_over, level=level)
     labels = {"regression": spec.name, "formula": spec.formula}
     out = {
         "regression_coefficients": fit.coefficients.assign(**labels),
@@ -254,16 +288,20 @@ def _agreement(
     return out
 
 
-def _outlier_counts(table: pd.DataFrame, columns: Sequence[str]) -> dict[str, pd.DataFrame]:
+def _outlier_counts(
+    table: pd.DataFrame, columns: Sequence[str], by: str | None = SEX
+) -> dict[str, pd.DataFrame]:
     if "outlier_columns" not in table.columns:
         raise StatsInputError("the analysis table has no outlier_columns (cohort flags)")
     flagged = table["outlier_columns"].fillna("").astype(str)
     rows = []
-    for sex, part in table.groupby(SEX, sort=True):
+    groups = table.groupby(by, sort=True) if by is not None else [(None, table)]
+    for group, part in groups:
         names = flagged.loc[part.index].str.split(";")
         for column in columns:
             n = int(names.map(lambda items, c=column: c in items).sum())
-            rows.append({"column": column, SEX: sex, "n": len(part), "flagged": n})
+            key = {} if by is None else {by: group}
+            rows.append({"column": column, **key, "n": len(part), "flagged": n})
     return {"outlier_counts": pd.DataFrame(rows)}
 
 
@@ -286,6 +324,7 @@ def run_analysis(
     profiles: pd.DataFrame | None = None,
     manual: pd.DataFrame | None = None,
     dice: pd.DataFrame | None = None,
+    phenotypes: bool = True,
 ) -> AnalysisResult:
     """Run every configured analysis on ``cohort``'s analysis table.
 
@@ -300,6 +339,9 @@ def run_analysis(
             columns (Bland-Altman of each metric against its manual value).
         dice: optional Dice scores of automatic vs manual masks: ``participant_id``,
             ``structure`` (optional ``side``), ``dice``.
+        phenotypes: whether a phenotype table was configured. ``False``: the analyses
+            that need phenotypes are skipped with :data:`NEEDS_PHENOTYPES` and those the
+            measurements support alone run over the whole cohort (module docstring).
 
     Returns:
         The tables and the ``analyses`` record; the latter is also ``tables["analyses"]``.
@@ -313,6 +355,13 @@ def run_analysis(
         run.skip_all(f"{len(cohort.table)} participant(s) in the analysis table")
         return run.result()
     profile_names = list(s.profile_columns.values())
+    if profiles is None and any(c in cohort.table.columns for c in profile_names):
+        profiles = cohort.table[[ID, *(c for c in profile_names if c in cohort.table.columns)]]
+    if not phenotypes:
+        from myoflow.cohort.analysis_overall import run_without_phenotypes  # imports this
+
+        run_without_phenotypes(run, cohort, s, profiles, manual, dice)
+        return run.result()
     table = normative.with_strata(
         cohort.table.drop(columns=[c for c in profile_names if c in cohort.table.columns]),
         age_edges=s.age_edges,
@@ -400,8 +449,6 @@ def run_analysis(
             },
         )
     strata = _narrow(table, ID, "age_group", "bmi_class")
-    if profiles is None and any(c in cohort.table.columns for c in profile_names):
-        profiles = cohort.table[[ID, *(c for c in profile_names if c in cohort.table.columns)]]
     joined: list[pd.DataFrame] = []  # parsed once, for both groupings
 
     def profile_table() -> pd.DataFrame:

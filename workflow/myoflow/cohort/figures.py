@@ -147,8 +147,8 @@ def cohort_figures(
         ("volume_height", "height_cm", VOLUME, f"{VOLUME} ~ height_cm"),
         ("imi_bmi", "bmi", "imi_ml_m2", "imi_ml_m2 ~ bmi"),
     ):
-        if not {x, y, "sex"} <= set(points.columns) or points.empty:
-            continue
+        if not {x, y, "sex"} <= set(points.columns) or points[[x, y, "sex"]].dropna().empty:
+            continue  # e.g. no phenotype table: height, BMI and sex are empty
         fit = regression_for(tables, formula)
         fig = figures.scatter_fit_plot(
             points, x, y, regression=fit, correlations=correlations, by="sex"
@@ -219,6 +219,21 @@ def cohort_figures(
                 f"Psoas major cross-sectional area along the muscle (0: inferior end, 1: "
                 f"superior end) by {what}, per sex and side: median, shaded 10th-90th "
                 "percentile.",
+            )
+        )
+    if "csa_profiles_overall" in tables:  # no phenotypes: all participants together
+        table = tables["csa_profiles_overall"].assign(group="all")
+        fig, axes = _panels(2, (3.6, 4.5), columns=2)
+        for side, ax in zip(("left", "right"), axes, strict=True):
+            figures.profile_plot(table, group="group", side=side, ax=ax)
+            ax.set_title(side, fontsize=10)
+        out.append(
+            CohortFigure(
+                "csa_profiles_overall",
+                fig,
+                "Psoas major cross-sectional area along the muscle (0: inferior end, 1: "
+                "superior end), all participants (no phenotypes), per side: median, shaded "
+                "10th-90th percentile.",
             )
         )
     return out

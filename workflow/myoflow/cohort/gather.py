@@ -27,6 +27,11 @@ here, where height first meets the volumes (as :func:`myoflow.measure.metrics.vo
 total iliopsoas volume / height^2), replacing whatever the metrics table held. Cohort-level
 flags are robust z-scores of volumes within sex (:func:`myoflow.measure.qc.robust_outliers`):
 flagged, and excluded at the QC stage only when configured.
+
+Without a phenotype table (config ``phenotypes`` null or absent) the gather still files
+every participant: the phenotype columns (sex, age, height_cm, weight_kg, bmi) and the
+IMI are empty, never zero, nobody is excluded at the phenotype stage, and the outlier
+flags are robust z-scores over the whole cohort instead of within sex.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ IMI = "imi_ml_m2"
 IMI_VOLUME = "vol_iliopsoas_total_ml"
 OUTLIER_COLUMNS = ("vol_iliopsoas_total_ml", "vol_gluteus_total_ml", "psoas_max_csa_total_cm2")
 FLAG_COLUMNS = ("outlier_columns", "outlier_max_abs_z")
+PHENOTYPE_COLUMNS = ("sex", "age", "height_cm", "weight_kg", "bmi")
+"""The phenotype columns of participants.tsv, written empty when no table is configured."""
 PROFILE_COLUMNS = tuple(normative.PROFILE_COLUMNS.values())
 """Metric columns that hold CSA profiles: written to csa_profiles.tsv, not participants.tsv."""
 
@@ -214,7 +221,7 @@ class GatheredCohort:
 
 def gather_cohort(
     sheet: pd.DataFrame,
-    phenotypes: pd.DataFrame,
+    phenotypes: pd.DataFrame | None,
     steps: pd.DataFrame,
     metrics: ShardTable,
     qc: pd.DataFrame | None,
@@ -224,7 +231,10 @@ def gather_cohort(
 
     Args:
         sheet: the participant sheet (``participant_id``).
-        phenotypes: one row per participant (sex, age, height_cm, weight_kg, bmi, ...).
+        phenotypes: one row per participant (sex, age, height_cm, weight_kg, bmi, ...);
+            ``None``: no phenotype table is configured. The phenotype columns and the IMI
+            are then empty, no one is excluded for lacking phenotypes, and outliers are
+            flagged over the whole cohort (there is no sex to group by).
         steps: rows of the stage shard tables (see :func:`step_exclusions`).
         metrics: the metrics shard tables.
         qc: the QC shard tables (``None``: no QC stage, everyone with metrics passes).
@@ -238,6 +248,17 @@ def gather_cohort(
     """
     if IMI_VOLUME not in metrics.columns:
         raise GatherError(f"metrics tables lack {IMI_VOLUME}, which the IMI needs")
+    required, ranges, bmi_tolerance = (
+        settings.required_phenotypes,
+        settings.ranges,
+        settings.bmi_tolerance,
+    )
+    if phenotypes is None:  # nothing to check: every phenotype is unknown, not missing
+        phenotypes = blank_phenotypes(sheet, settings.required_phenotypes)
+        required, ranges, bmi_tolerance = (), {}, None
+        outlier_groups = None
+    else:
+        outlier_groups = "sex"
     for name, table in (("phenotype", phenotypes), ("QC", qc)):
         shared = set(table.columns if table is not None else ()) & set(metrics.columns) - {ID}
         if shared:
@@ -252,9 +273,9 @@ def gather_cohort(
         parsed,
         qc=analysed_qc,
         exclusions=upstream,
-        required=settings.required_phenotypes,
-        ranges=settings.ranges,
-        bmi_tolerance=settings.bmi_tolerance,
+        required=required,
+        ranges=ranges,
+        bmi_tolerance=bmi_tolerance,
         required_metrics=settings.required_metrics,
     )
     table = built.table
@@ -263,7 +284,9 @@ def gather_cohort(
         table["qc_status"] = table[ID].map(original).to_numpy()
     table[IMI] = table[IMI_VOLUME] / (table["height_cm"] / 100.0) ** 2
     columns = [c for c in settings.outlier_columns if c in table.columns]
-    outliers = robust_outliers(table, columns, by="sex", threshold=settings.outlier_threshold)
+    outliers = robust_outliers(
+        table, columns, by=outlier_groups, threshold=settings.outlier_threshold
+    )
     table = _with_flags(table, outliers)
     exclusions = built.exclusions.merge(upstream[[ID, "step"]], on=ID, how="left")
     exclusions["step"] = exclusions["step"].fillna(GATHER_STEP)
@@ -276,6 +299,19 @@ def gather_cohort(
     )
     check_accounting(sheet, cohort)
     return GatheredCohort(cohort=cohort, outliers=outliers.drop(columns="row"), metrics=metrics)
+
+
+def blank_phenotypes(sheet: pd.DataFrame, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """A phenotype table of every sheet participant with every value unknown.
+
+    Columns: ``participant_id``, then :data:`PHENOTYPE_COLUMNS` and any further
+    ``columns``, all empty (written as empty cells: unknown, never zero).
+    """
+    ids = sheet[ID].astype(str).reset_index(drop=True)
+    names = dict.fromkeys([*PHENOTYPE_COLUMNS, *columns])
+    return pd.DataFrame(
+        {ID: ids} | {c: pd.Series(np.nan, index=ids.index, dtype=object) for c in names}
+    )
 
 
 def _needed_metrics(settings: GatherSettings) -> set[str]:

@@ -119,21 +119,25 @@ def shard_table_paths(
 
 def read_cohort_inputs(
     sheet: pd.DataFrame,
-    phenotypes_path: str | os.PathLike[str],
+    phenotypes_path: str | os.PathLike[str] | None,
     shards_dir: str | os.PathLike[str],
     shards: Sequence[str],
     stage_tables: Sequence[str] = ("measure",),
     qc_table: str | None = "qc",
-) -> tuple[pd.DataFrame, pd.DataFrame, ShardTable, pd.DataFrame | None]:
+) -> tuple[pd.DataFrame | None, pd.DataFrame, ShardTable, pd.DataFrame | None]:
     """Read the phenotypes and every shard's stage, metrics and QC tables.
 
+    Args:
+        phenotypes_path: the phenotype table, or ``None`` when none is configured (the
+            gather then runs without phenotypes).
+
     Returns:
-        (phenotypes, stage rows, metrics text, QC table or None).
+        (phenotypes or None, stage rows, metrics text, QC table or None).
 
     Raises:
         GatherError: a shard table is missing, empty or has other columns than the rest.
     """
-    phenotypes = read_tsv(phenotypes_path)
+    phenotypes = None if phenotypes_path is None else read_tsv(phenotypes_path)
     steps = pd.concat(
         [
             read_shard_tables(shard_table_paths(shards_dir, shards, name), name).frame(

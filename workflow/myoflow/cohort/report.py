@@ -9,7 +9,9 @@ an e-mail or an archive in ten years. It holds:
   (architecture, weights checksum, held-out Dice), the software versions and the counts;
 - the tables of :mod:`myoflow.cohort.analysis` (long ones, such as the CSA profiles, as figures);
 - the figures of :mod:`myoflow.cohort.figures` with their captions;
-- the analyses that were skipped and why.
+- the analyses that were skipped and why; without phenotypes (config ``phenotypes`` not
+  set) those that need them are listed apart, with the reason
+  :data:`myoflow.cohort.analysis.NEEDS_PHENOTYPES`.
 
 :func:`render_report` is pure (inputs in, HTML text out); :func:`read_report_inputs` and
 :func:`write_report` are the edges. The page carries no date, so the same results give
@@ -33,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from myoflow import __version__
-from myoflow.cohort.analysis import AnalysisSettings
+from myoflow.cohort.analysis import NEEDS_PHENOTYPES, AnalysisSettings
 from myoflow.cohort.analysis_tables import read_tables
 from myoflow.cohort.gather import GatherSettings
 from myoflow.cohort.stats import describe
@@ -222,6 +224,14 @@ def model_summary(card: Mapping[str, Any] | None) -> list[str]:
     return parts or ["The model card holds no architecture, checksum or held-out Dice."]
 
 
+def without_phenotypes(tables: Mapping[str, pd.DataFrame]) -> bool:
+    """Whether the analysis ran without a phenotype table (its ``analyses`` record says so)."""
+    analyses = tables.get("analyses")
+    if analyses is None or "message" not in analyses.columns:
+        return False
+    return bool((analyses["message"].astype(str) == NEEDS_PHENOTYPES).any())
+
+
 def methods(
     tables: Mapping[str, pd.DataFrame],
     config: Mapping[str, Any],
@@ -257,42 +267,63 @@ def methods(
         )
     paragraphs.append(" ".join(model_summary(card)))
     keep = (config.get("qc", {}) or {}).get("keep_warnings")
+    no_phenotypes = without_phenotypes(tables)
     outliers = (
-        f"Volumes with a robust z-score (0.6745 (x - median) / MAD, within sex) beyond "
+        f"Volumes with a robust z-score (0.6745 (x - median) / MAD, "
+        f"{'over the whole cohort' if no_phenotypes else 'within sex'}) beyond "
         f"{gather.outlier_threshold:g} ({', '.join(gather.outlier_columns)}) were "
         + ("excluded." if gather.exclude_outliers else "flagged but kept.")
     )
     ranges = ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in gather.ranges.items())
-    paragraphs.append(
-        "Participants failing QC were excluded"
-        + ("" if keep is None else (" (warnings kept)" if keep else " (warnings excluded too)"))
-        + f". Phenotypes had to be present ({', '.join(gather.required_phenotypes)}) and "
-        f"plausible ({ranges}"
-        + (
-            f"; recorded BMI within {gather.bmi_tolerance:g} kg/m² of weight / height²"
-            if gather.bmi_tolerance is not None
-            else ""
-        )
-        + "). The iliopsoas muscle index (IMI) is the total iliopsoas volume divided by "
-        "height squared (ml/m²). " + outliers
+    qc = "Participants failing QC were excluded" + (
+        "" if keep is None else (" (warnings kept)" if keep else " (warnings excluded too)")
     )
+    if no_phenotypes:
+        paragraphs.append(
+            qc + ". No phenotype table was configured (config phenotypes is not set): sex, "
+            "age, height, weight, BMI and the iliopsoas muscle index (IMI, total iliopsoas "
+            "volume / height²) are empty, no participant was excluded for phenotypes, and "
+            "the analyses that need them were not run (listed at the end). " + outliers
+        )
+    else:
+        paragraphs.append(
+            qc + f". Phenotypes had to be present ({', '.join(gather.required_phenotypes)}) "
+            f"and plausible ({ranges}"
+            + (
+                f"; recorded BMI within {gather.bmi_tolerance:g} kg/m² of weight / height²"
+                if gather.bmi_tolerance is not None
+                else ""
+            )
+            + "). The iliopsoas muscle index (IMI) is the total iliopsoas volume divided by "
+            "height squared (ml/m²). " + outliers
+        )
     level = f"{analysis.level:.0%}"
     ages = ", ".join(analysis.age_labels or interval_labels(analysis.age_edges))
     formulas = "; ".join(f"{r.formula}" for r in analysis.regressions)
-    paragraphs.append(
-        f"Men and women were compared by Welch's t-test; left-right asymmetry by paired "
-        f"t-test, the asymmetry index 100 (right - left) / mean of the sides by one-sample "
-        f"t interval; handedness by one-way ANOVA. Correlations are Pearson's r with "
-        f"Fisher-z {level} confidence intervals, per sex. Regressions (ordinary least "
-        f"squares, per sex): {formulas}. Age trends of "
-        f"{', '.join(analysis.gam_metrics)} were fitted per sex as generalised additive "
-        f"models with a cubic regression spline (mgcv's s(age, bs = 'cr', k = "
-        f"{analysis.gam_k}), smoothing by {analysis.gam_method}). Normative percentiles "
-        f"({', '.join(f'{q:g}' for q in analysis.percentiles)}; linear interpolation) are "
-        f"given by sex and age group ({ages}) and, for "
-        f"{', '.join(analysis.bmi_class_metrics)}, by WHO BMI class "
-        f"({', '.join(analysis.bmi_labels)}). All intervals are {level}."
-    )
+    if no_phenotypes:
+        paragraphs.append(
+            "Without phenotypes nothing was compared by sex, age or BMI: the measurements "
+            "were summarised over all participants (n, mean, SD, range and percentiles "
+            f"{', '.join(f'{q:g}' for q in analysis.percentiles)}); left-right asymmetry "
+            "by paired t-test, the asymmetry index 100 (right - left) / mean of the sides "
+            "by one-sample t interval; correlations between measurements are Pearson's r "
+            f"with Fisher-z confidence intervals. All intervals are {level}."
+        )
+    else:
+        paragraphs.append(
+            f"Men and women were compared by Welch's t-test; left-right asymmetry by paired "
+            f"t-test, the asymmetry index 100 (right - left) / mean of the sides by one-sample "
+            f"t interval; handedness by one-way ANOVA. Correlations are Pearson's r with "
+            f"Fisher-z {level} confidence intervals, per sex. Regressions (ordinary least "
+            f"squares, per sex): {formulas}. Age trends of "
+            f"{', '.join(analysis.gam_metrics)} were fitted per sex as generalised additive "
+            f"models with a cubic regression spline (mgcv's s(age, bs = 'cr', k = "
+            f"{analysis.gam_k}), smoothing by {analysis.gam_method}). Normative percentiles "
+            f"({', '.join(f'{q:g}' for q in analysis.percentiles)}; linear interpolation) are "
+            f"given by sex and age group ({ages}) and, for "
+            f"{', '.join(analysis.bmi_class_metrics)}, by WHO BMI class "
+            f"({', '.join(analysis.bmi_labels)}). All intervals are {level}."
+        )
     if "bland_altman" in tables or "dice" in tables:
         paragraphs.append(
             "Agreement with manual annotations: Bland-Altman bias and limits of agreement "
@@ -309,6 +340,7 @@ SECTIONS: Sequence[tuple[str, str, Sequence[str] | None]] = (
     ("table1_display", "Table 1: participants by sex", None),
     ("table1_tests", "Table 1: men minus women (Welch)", None),
     ("table2_display", "Table 2: muscle measures by sex (men minus women, Welch)", None),
+    ("volumes", "Muscle measures, all participants (no phenotypes: not by sex)", None),
     (
         "asymmetry",
         "Left-right asymmetry (right minus left, paired t-test; asymmetry index %)",
@@ -389,9 +421,20 @@ def render_report(inputs: ReportInputs) -> str:
     analyses = tables.get("analyses")
     if analyses is not None and (analyses["status"] != "ok").any():
         skipped = analyses[analyses["status"] != "ok"]
+        needs = skipped["message"].astype(str) == NEEDS_PHENOTYPES
         parts.append("<h2>Analyses not run</h2>")
-        parts.append('<p class="note">The data could not support these analyses:</p>')
-        parts.append(_list([f"{r.analysis}: {r.message}" for r in skipped.itertuples()]))
+        if needs.any():
+            parts.append(
+                '<p class="note">No phenotype table was configured (config phenotypes is not '
+                "set), so these analyses, which need sex, age, height or BMI, were not run; "
+                "set <code>phenotypes</code> to a phenotype table to run them:</p>"
+            )
+            parts.append(_list([f"{r.analysis}: {r.message}" for r in skipped[needs].itertuples()]))
+        if (~needs).any():
+            parts.append('<p class="note">The data could not support these analyses:</p>')
+            parts.append(
+                _list([f"{r.analysis}: {r.message}" for r in skipped[~needs].itertuples()])
+            )
     parts.append(
         "<h2>Files</h2>"
         + _p(

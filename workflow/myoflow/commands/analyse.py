@@ -42,6 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="Dice of automatic vs manual masks: participant_id, structure, dice",
     )
+    parser.add_argument(
+        "--no-phenotypes",
+        action="store_true",
+        help="no phenotype table is configured: the analyses that need phenotypes are "
+        "recorded as not run, the others run over the whole cohort",
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder of tables")
     parser.set_defaults(func=run)
 
@@ -57,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         profiles=read_profiles(args.profiles) if args.profiles else None,
         manual=read_tsv(args.manual) if args.manual else None,
         dice=read_tsv(args.dice) if args.dice else None,
+        phenotypes=not args.no_phenotypes,
     )
     write_tables(args.out, result.tables)
     print(result.analyses.to_string(index=False))

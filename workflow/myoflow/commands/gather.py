@@ -25,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             f"{HELP[0].upper()}{HELP[1:]}. Reads, for every shard of the sheet, "
             "SHARDS_DIR/{shard}/{STAGE_TABLE}.tsv, metrics.tsv and qc.tsv, and the "
             "phenotypes; every sheet participant ends in PARTICIPANTS_OUT (its CSA profiles in "
-            "PROFILES_OUT) or, with the stage and reason, in EXCLUSIONS_OUT."
+            "PROFILES_OUT) or, with the stage and reason, in EXCLUSIONS_OUT. With "
+            "--no-phenotypes the phenotype columns and the IMI are empty and no one is "
+            "excluded for lacking phenotypes."
         ),
     )
     parser.add_argument("--sheet", required=True, type=Path, help="participant sheet (TSV)")
@@ -35,7 +37,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--shards-dir", required=True, type=Path, help="folder of shard tables: results/shards"
     )
-    parser.add_argument("--phenotypes", required=True, type=Path, help="phenotype table (TSV)")
+    phenotypes = parser.add_mutually_exclusive_group(required=True)
+    phenotypes.add_argument("--phenotypes", type=Path, help="phenotype table (TSV)")
+    phenotypes.add_argument(
+        "--no-phenotypes",
+        action="store_true",
+        help="no phenotype table is configured: gather without one",
+    )
     parser.add_argument(
         "--stage-table",
         action="append",
@@ -86,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         write_tsv(args.outliers_out, gathered.outliers)
     write_cohort(args.participants_out, args.profiles_out, gathered)
     cohort = gathered.cohort
+    if args.phenotypes is None:
+        print("no phenotype table (config phenotypes is not set): phenotype columns left empty")
     print(
         f"{cohort.n_sheet} on the sheet ({len(shards)} shards): {len(cohort.table)} analysed, "
         f"{len(cohort.exclusions)} excluded, {len(gathered.outliers)} outlying values flagged "
