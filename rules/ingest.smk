@@ -29,10 +29,13 @@ rule inventory_shard:
     params:
         participants_dir=results("participants"),
         shard_size=config["shards"]["size"],
+        # A param: changing a limit reruns the shards (participants refused before are
+        # inventoried again; those inventoried stay current).
+        limits=json.dumps(config["ingest"].get("limits", {}), sort_keys=True),
     shell:
         "myoflow inventory --sheet {input.sheet:q} --shard {wildcards.shard}"
         " --shard-size {params.shard_size} --participants-dir {params.participants_dir:q}"
-        " --out {output.table:q} > {log:q} 2>&1"
+        " --limits {params.limits:q} --out {output.table:q} > {log:q} 2>&1"
 
 
 rule inventory_cohort:

@@ -17,7 +17,7 @@ import pydicom
 import pydicom.data
 import pytest
 import SimpleITK as sitk
-from dicom_helpers import TEST_PATIENT, dcm2niix_binary
+from dicom_helpers import TEST_PATIENT, UID_ROOT, dcm2niix_binary, write_slice
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.decoders import JPEG2000LosslessDecoder, JPEGLSLosslessDecoder
@@ -29,6 +29,7 @@ from myoflow.core.errors import MyoflowError
 from myoflow.core.volume import Volume
 from myoflow.ingest.dicom import group_by_series, read_datasets, series_volumes
 from myoflow.ingest.dicom_errors import SERIES_REASONS, DicomError
+from myoflow.ingest.image_types import SubSeries, group_by_subseries, image_class
 from myoflow.synth.dicom_writer import SeriesInfo, write_series
 
 # Odd, unequal sizes and spacings: any swap of i/j, rows/columns or PixelSpacing order
@@ -474,6 +475,122 @@ def test_interleaved_echoes_match_dcm2niix(two_echoes, tmp_path):
     assert [p.name for p in theirs] == ["x_e1.nii", "x_e2.nii"], log
     for echo, reference in enumerate(theirs, 1):
         assert_same_world_image(tmp_path / f"ours_e{echo}.nii.gz", reference, atol=1e-2)
+
+
+# --- one series, several image types: split as dcm2niix splits it --------------------------
+
+PHILIPS_MAGNITUDE = ["ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE"]
+PHILIPS_PHASE = ["ORIGINAL", "PRIMARY", "PHASE MAP", "P", "FFE"]
+
+
+def _mixed_series(folder: Path, images: list[tuple[list[str], dict]], z_mm=(0.0, 3.0, 6.0)):
+    """One series holding, at every position, one image per (ImageType, tags) of
+    ``images``; each image's pixels are 10 * (its index in ``images`` + 1) + slice."""
+    n = 0
+    for k, z in enumerate(z_mm):
+        for index, (image_type, tags) in enumerate(images):
+            n += 1
+            path = folder / f"IM_{n:04d}.dcm"
+            write_slice(
+                path,
+                series_uid=f"{UID_ROOT}.55",
+                instance=n,
+                description="T1 FFE dual echo",
+                image_type=image_type,
+                z_mm=z,
+            )
+            ds = pydicom.dcmread(path)
+            for keyword, value in tags.items():
+                setattr(ds, keyword, value)
+            ds.PixelData = np.full(35, 10 * (index + 1) + k, np.uint16).tobytes()
+            ds.save_as(path)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def magnitude_and_phase(tmp_path_factory) -> Path:
+    """A Philips dual-echo series: magnitude and phase of both echoes at every position."""
+    return _mixed_series(
+        tmp_path_factory.mktemp("philips") / "series",
+        [
+            (image_type, {"EchoNumbers": echo, "EchoTime": te})
+            for echo, te in ((1, 2.3), (2, 4.6))
+            for image_type in (PHILIPS_MAGNITUDE, PHILIPS_PHASE)
+        ],
+    )
+
+
+def test_image_class_reads_complex_parts_and_dixon_maps():
+    def of(*values: str, **tags) -> str:
+        ds = Dataset()
+        ds.ImageType = list(values)
+        for keyword, value in tags.items():
+            setattr(ds, keyword, value)
+        return image_class(ds)
+
+    assert of(*PHILIPS_MAGNITUDE) == "magnitude"
+    assert of(*PHILIPS_PHASE) == "phase"
+    assert of("ORIGINAL", "PRIMARY", "P", "ND") == "phase"  # Siemens phase
+    assert of("ORIGINAL", "PRIMARY", "R", "ND") == "real"
+    assert of("ORIGINAL", "PRIMARY", "OTHER", ComplexImageComponent="IMAGINARY") == "imaginary"
+    # IN_PHASE / OUT_PHASE / OPP_PHASE are Dixon maps, not phase images (dcm2niix reads
+    # any "PHASE" as phase).
+    assert of("ORIGINAL", "PRIMARY", "DIXON", "OPP_PHASE") == "opp"
+    assert of("ORIGINAL", "PRIMARY", "OUT_PHASE") == "opp"
+    assert of("ORIGINAL", "PRIMARY", "IN_PHASE") == "in"
+    assert of("DERIVED", "PRIMARY", "W", "W", "DERIVED") == "water"
+    assert of("DERIVED", "PRIMARY", "DIXON", "FAT") == "fat"
+
+
+def test_magnitude_and_phase_of_two_echoes_split_into_four(magnitude_and_phase):
+    datasets = _read(magnitude_and_phase)
+    with pytest.raises(DicomError) as caught:  # unsplit, the images share positions
+        series_volumes(datasets)
+    assert caught.value.reason == "duplicate_slices"
+    parts = group_by_subseries(datasets)
+    uid = f"{UID_ROOT}.55"
+    assert list(parts) == [
+        SubSeries(uid, 1, "magnitude"),
+        SubSeries(uid, 1, "phase"),
+        SubSeries(uid, 2, "magnitude"),
+        SubSeries(uid, 2, "phase"),
+    ]
+    for index, members in enumerate(parts.values()):
+        (volume,) = series_volumes(members)
+        np.testing.assert_array_equal(volume.array[0, 0], 10 * (index + 1) + np.arange(3))
+
+
+@needs_dcm2niix
+def test_convert_series_splits_magnitude_and_phase_as_dcm2niix(
+    magnitude_and_phase, tmp_path, capsys
+):
+    out = tmp_path / "ours.nii"
+    assert convert(str(magnitude_and_phase), str(out), "--dtype", "float32") == 0
+    printed = capsys.readouterr().out
+    assert "magnitude images" in printed and "phase images" in printed
+    log, theirs = dcm2niix(magnitude_and_phase, tmp_path / "dcm2niix")
+    names = ["x_e1.nii", "x_e1_ph.nii", "x_e2.nii", "x_e2_ph.nii"]
+    assert [p.name for p in theirs] == names, log
+    for reference in theirs:
+        ours = tmp_path / reference.name.replace("x_", "ours_")
+        assert_same_world_image(ours, reference, atol=1e-3)
+
+
+def test_convert_series_writes_each_dixon_map_of_one_series(tmp_path):
+    maps = {
+        "water": ["DERIVED", "PRIMARY", "W", "W", "DERIVED"],
+        "fat": ["DERIVED", "PRIMARY", "F", "F", "DERIVED"],
+        "in": ["ORIGINAL", "PRIMARY", "IP", "IP", "DERIVED"],
+        "opp": ["ORIGINAL", "PRIMARY", "OP", "OP", "DERIVED"],
+    }
+    folder = _mixed_series(tmp_path / "mdixon", [(t, {}) for t in maps.values()])
+    assert convert(str(folder), str(tmp_path / "out.nii.gz"), "--dtype", "float32") == 0
+    for index, name in enumerate(maps):
+        image = nib.load(tmp_path / f"out_{name}.nii.gz")
+        np.testing.assert_array_equal(image.get_fdata()[0, 0], 10 * (index + 1) + np.arange(3))
+    assert sorted(p.name for p in tmp_path.glob("out*")) == sorted(
+        f"out_{name}.nii.gz" for name in maps
+    )
 
 
 # --- reading folders and choosing series ---------------------------------------------------

@@ -9,9 +9,10 @@ references were made. Both images are reoriented to RAS+ (nibabel's
 same values: exactly when dcm2niix stored unscaled integers, else within float32
 rounding of the rescaled values.
 
-Series that myoflow refuses today are listed in REFUSED with the reason it gives; each is
-asserted to be refused with that reason, and its dcm2niix reference is committed so that
-it can move to MATCHES_DCM2NIIX once the reader accepts it.
+Each series is read as ``myoflow convert-series`` reads it: split by echo and image type
+(:func:`myoflow.ingest.image_types.split_series`), every part read as a volume. No
+committed series is refused today; the Philips magnitude+phase field map was, as
+``duplicate_slices``, until series were split by image type.
 """
 
 from __future__ import annotations
@@ -27,46 +28,44 @@ import pytest
 
 from myoflow.core.volume import Volume
 from myoflow.ingest.dicom import group_by_series, read_datasets, series_volumes
-from myoflow.ingest.dicom_errors import SERIES_REASONS, DicomError
+from myoflow.ingest.image_types import MAGNITUDE, split_series
 
 DATA = Path(__file__).parent / "data" / "real_dicom"
 TOL_MM = 0.01
 
-# series folder (relative to DATA) -> {our volume's echo: dcm2niix reference name}.
-MATCHES_DCM2NIIX: dict[str, dict[int | None, str]] = {
+M = MAGNITUDE
+# series folder (relative to DATA) -> {(our volume's echo, image type): dcm2niix reference}.
+MATCHES_DCM2NIIX: dict[str, dict[tuple[int | None, str], str]] = {
     # Siemens XA30 (MAGNETOM Prisma Fit), enhanced multi-frame: one file per echo
     # (33 frames each), magnitude of a two-echo GRE field map.
-    "dcm_qa_xa30/8_gre_field_mapping": {1: "ref_e1", 2: "ref_e2"},
+    "dcm_qa_xa30/8_gre_field_mapping": {(1, M): "ref_e1", (2, M): "ref_e2"},
     # Philips Ingenia Elition X, classic single-frame: 40 slices of a 3D pCASL
     # perfusion image, RescaleSlope 0.1.
-    "dcm_qa_philips_enh/1901_3DpCASL_cl": {None: "ref"},
+    "dcm_qa_philips_enh/1901_3DpCASL_cl": {(None, M): "ref"},
     # The same Philips series exported as one enhanced multi-frame file (40 frames).
-    "dcm_qa_philips_enh/1901_3DpCASL_enh_real": {None: "ref_real"},
+    "dcm_qa_philips_enh/1901_3DpCASL_enh_real": {(None, "real"): "ref_real"},
     # GE SIGNA Pioneer 3D T1 MP-RAGE: 4 neighbouring slices (instances 64-67 of 130).
-    "dcm_qa_ge/05_3D_Ax_T1_MP_RAGE_R22_slices64-67": {None: "ref"},
+    "dcm_qa_ge/05_3D_Ax_T1_MP_RAGE_R22_slices64-67": {(None, M): "ref"},
     # Canon Galan 3T, oblique (~20 degrees sagittal angulation), signed pixels: the 40
     # slices of the b=0 volume (files 5000_001-040 of a 13-volume DTI series).
-    "dcm_qa_canon_61/5000_DTI_PA-SAG_20d_b0": {None: "ref"},
+    "dcm_qa_canon_61/5000_DTI_PA-SAG_20d_b0": {(None, M): "ref"},
     # Philips Achieva dStream enhanced multi-frame B0 map: ONE series mixing 32 magnitude
     # frames (EffectiveEchoTime 1.52 ms) and 32 field-map frames in Hz (FrameType
     # FIELD_MAP, EffectiveEchoTime 0). Accepted today, but as two "echoes" ranked by echo
     # time, so the field map comes out as echo 1 and the magnitude as echo 2; dcm2niix
     # writes the magnitude as _e1 and the field map as _e2_fieldmaphz. The voxels and
-    # geometry equal dcm2niix's; the echo labels are wrong. Splitting by image type should
-    # turn these into a magnitude volume and a field-map volume.
-    "dcm_qa_enh/Philips_801_B0_NS": {1: "ref_e2_fieldmaphz", 2: "ref_e1"},
-}
-
-# series folder -> (reason myoflow gives, dcm2niix reference names), for refused series.
-REFUSED: dict[str, tuple[str, list[str]]] = {
+    # geometry equal dcm2niix's; the echo labels are wrong. Enhanced multi-frame files are
+    # split by echo only (inside series_volumes), not yet by the frames' image type.
+    "dcm_qa_enh/Philips_801_B0_NS": {(1, M): "ref_e2_fieldmaphz", (2, M): "ref_e1"},
     # Philips Ingenia Elition X classic field map, slices 1-4 of 53: one series with
-    # magnitude (ImageType ...\M\FFE) and phase (...\PHASE MAP\P\FFE) images of two echoes
-    # at each position. Split by echo, each echo still holds a magnitude and a phase image
-    # per position: refused as duplicate slices. dcm2niix writes four volumes.
-    "dcm_qa_philips_enh/2001_fcMRI_Field_Mapping_cl_slices1-4": (
-        "duplicate_slices",
-        ["ref_e1", "ref_e1_ph", "ref_e2", "ref_e2_ph"],
-    ),
+    # magnitude (ImageType ...\M\FFE) and phase (...\PHASE MAP\P\FFE) images of two
+    # echoes at each position, split as dcm2niix splits it into four volumes.
+    "dcm_qa_philips_enh/2001_fcMRI_Field_Mapping_cl_slices1-4": {
+        (1, M): "ref_e1",
+        (1, "phase"): "ref_e1_ph",
+        (2, M): "ref_e2",
+        (2, "phase"): "ref_e2_ph",
+    },
 }
 
 
@@ -83,11 +82,17 @@ def _stage(series: str, tmp_path: Path) -> Path:
     return folder
 
 
-def _read(series: str, tmp_path: Path) -> list[Volume]:
+def _read(series: str, tmp_path: Path) -> dict[tuple[int | None, str], Volume]:
+    """Every part of the series as convert-series reads it: (echo, image type) -> volume."""
     groups = group_by_series(read_datasets([_stage(series, tmp_path)]))
     assert len(groups) == 1, f"{series}: {len(groups)} series"
-    (datasets,) = groups.values()
-    return series_volumes(datasets)
+    ((uid, datasets),) = groups.items()
+    volumes = {}
+    for key, members in split_series(uid, datasets).items():
+        for volume in series_volumes(members):
+            echo = key.echo if key.echo is not None else volume.echo
+            volumes[(echo, key.part)] = volume
+    return volumes
 
 
 def _reference(series: str, name: str) -> Path:
@@ -124,14 +129,11 @@ def _assert_equal_to_dcm2niix(volume: Volume, reference: Path) -> None:
 
 def test_every_committed_series_is_listed():
     folders = {str(p.parent.relative_to(DATA)) for p in DATA.glob("*/*/dicom")}
-    assert folders == set(MATCHES_DCM2NIIX) | set(REFUSED)
-    assert not set(MATCHES_DCM2NIIX) & set(REFUSED)
-    for series, (reason, _) in REFUSED.items():
-        assert reason in SERIES_REASONS, series
+    assert folders == set(MATCHES_DCM2NIIX)
 
 
 def test_every_committed_series_has_its_licence_and_provenance():
-    for repo in {series.split("/")[0] for series in [*MATCHES_DCM2NIIX, *REFUSED]}:
+    for repo in {series.split("/")[0] for series in MATCHES_DCM2NIIX}:
         licence = (DATA / repo / "LICENSE").read_text()
         assert "BSD 2-Clause License" in licence, repo
         assert f"neurolabusc/{repo}" in (DATA / repo / "README.md").read_text(), repo
@@ -139,7 +141,7 @@ def test_every_committed_series_has_its_licence_and_provenance():
 
 def test_real_series_come_from_several_manufacturers():
     makers = set()
-    for series in [*MATCHES_DCM2NIIX, *REFUSED]:
+    for series in MATCHES_DCM2NIIX:
         first = sorted((DATA / series / "dicom").iterdir())[0]
         data = first.read_bytes()
         if first.suffix == ".gz":
@@ -153,18 +155,8 @@ def test_real_series_come_from_several_manufacturers():
 def test_real_series_equals_dcm2niix(series, tmp_path):
     expected = MATCHES_DCM2NIIX[series]
     volumes = _read(series, tmp_path)
-    assert [v.echo for v in volumes] == list(expected)
+    assert sorted(volumes, key=str) == sorted(expected, key=str)
     written = _references(series)
     assert written == set(expected.values())  # every dcm2niix output is compared
-    for volume in volumes:
-        _assert_equal_to_dcm2niix(volume, _reference(series, expected[volume.echo]))
-
-
-@pytest.mark.parametrize("series", list(REFUSED))
-def test_real_series_refused(series, tmp_path):
-    reason, references = REFUSED[series]
-    with pytest.raises(DicomError) as caught:
-        _read(series, tmp_path)
-    assert caught.value.reason == reason, caught.value
-    written = _references(series)
-    assert written == set(references)
+    for part, volume in volumes.items():
+        _assert_equal_to_dcm2niix(volume, _reference(series, expected[part]))

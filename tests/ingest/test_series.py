@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
@@ -156,10 +158,61 @@ def test_missing_station(missing):
     assert "5 stations found, protocol ukbb has 6" in info.value.detail
 
 
-def test_unknown_protocol_accepts_any_number_of_stations():
-    plan = sort_series(acquisition(5, name=lambda c, s: f"scan_{SUFFIX[c]}"))
-    assert plan.protocol == ""
-    assert len(plan.stations) == 5
+def test_the_station_count_is_never_left_unchecked():
+    series = acquisition(5, name=lambda c, s: f"scan_{SUFFIX[c]}")
+    with pytest.raises(ParticipantExcluded) as info:
+        sort_series(series)  # no protocol matches, no expected_stations
+    assert info.value.reason == "unknown_protocol"
+    assert "5 stations found" in info.value.detail and "'scan_W'" in info.value.detail
+    plan = sort_series(series, expected_stations=5)
+    assert (plan.protocol, len(plan.stations)) == ("", 5)
+    with pytest.raises(ParticipantExcluded) as info:
+        sort_series(series, expected_stations=6)
+    assert info.value.reason == "missing_station"
+    assert "5 stations found, ingest.expected_stations is 6" in info.value.detail
+
+
+def test_a_protocol_is_matched_by_more_than_the_description():
+    series = [
+        replace(s, protocol_name="WB_DIXON", manufacturer="Philips")
+        for s in acquisition(3, name=lambda c, s: f"scan_{SUFFIX[c]}")
+    ]
+    by_name = ProtocolRule.from_config({"name": "wb", "protocol_name": "^WB_", "stations": 3})
+    by_maker = ProtocolRule("philips", manufacturer="(?i)philips", stations=4)
+    assert sort_series(series, protocols=[by_name]).protocol == "wb"
+    with pytest.raises(ParticipantExcluded, match="protocol philips has 4"):
+        sort_series(series, protocols=[by_maker])
+    both = ProtocolRule("both", series_description="^scan_", manufacturer="GE", stations=3)
+    with pytest.raises(ParticipantExcluded) as info:
+        sort_series(series, protocols=[both])  # every condition must hold
+    assert info.value.reason == "unknown_protocol"
+    with pytest.raises(RuleError, match="give series_description, protocol_name"):
+        ProtocolRule.from_config({"name": "x", "stations": 3})
+    with pytest.raises(RuleError, match="stations must be"):
+        ProtocolRule.from_config({"name": "x", "manufacturer": "GE"})
+
+
+def test_phase_images_are_never_a_channel_and_missing_channel_lists_what_was_ignored():
+    series = acquisition(6)
+    water = next(s for s in series if s.key == "uid.2.water")
+    series.remove(water)
+    # The station-2 water series held magnitude and phase images: split, the phase half
+    # is ignored with a reason even though its description names water.
+    phase = replace(water, image_type=("ORIGINAL", "PRIMARY", "P", "DIXON"), part="phase")
+    series.append(phase)
+    with pytest.raises(ParticipantExcluded) as info:
+        sort_series(series)
+    assert info.value.reason == "missing_channel"
+    detail = info.value.detail
+    assert "station 2 of 6" in detail and "but no water" in detail
+    assert "1 ignored: 'Dixon_BH_17s_W' (ImageType ORIGINAL\\PRIMARY\\P\\DIXON)" in detail
+    assert "not_magnitude, phase images" in detail
+    series.append(water)
+    plan = sort_series(series)
+    assert plan.stations == expected_stations(6)
+    assert [(s.reason, s.image_type) for s in plan.ignored] == [
+        ("not_magnitude", "ORIGINAL\\PRIMARY\\P\\DIXON")
+    ]
 
 
 def test_extra_station_and_duplicate_series():

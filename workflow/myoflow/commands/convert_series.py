@@ -1,15 +1,18 @@
-"""``myoflow convert-series``: one DICOM MR series in a folder -> NIfTI, one file per echo."""
+"""``myoflow convert-series``: one DICOM MR series in a folder -> NIfTI, one file per echo
+and image type (magnitude, phase, real, imaginary; Dixon water, fat, in, opp)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from myoflow.core.errors import MyoflowError
 from myoflow.ingest.dicom import group_by_series, read_datasets, series_volumes
+from myoflow.ingest.image_types import MAGNITUDE, SubSeries, split_series
 
 HELP = "convert one DICOM MR series (a folder) to NIfTI with dcm2niix's geometry"
 
@@ -34,7 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "them; series with missing, duplicate or unevenly spaced slices are refused. "
             "Files that are not DICOM are ignored (noted on stderr). A series that "
             "interleaves echoes gives one file per echo: OUT_e1.nii.gz, OUT_e2.nii.gz, ... "
-            "(numbered by EchoNumbers, as dcm2niix does)."
+            "(numbered by EchoNumbers, as dcm2niix does). A series that mixes image types "
+            "is split as dcm2niix splits it, by ImageType (and ComplexImageComponent): "
+            "phase, real and imaginary images go to OUT_ph, OUT_real and OUT_imaginary, "
+            "Dixon maps held in one series to OUT_water, OUT_fat, OUT_in and OUT_opp "
+            "(after the echo: OUT_e2_ph)."
         ),
     )
     parser.add_argument("series_dir", type=Path, metavar="SERIES_DIR", help="folder of DICOM")
@@ -59,8 +66,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def echo_path(out: Path, echo: int) -> Path:
     """Return ``out`` with ``_e{echo}`` before the suffix: ``a.nii.gz`` -> ``a_e2.nii.gz``."""
+    return _with_tag(out, f"_e{echo}")
+
+
+PART_TAGS = {"phase": "_ph", "real": "_real", "imaginary": "_imaginary", MAGNITUDE: ""}
+"""File name tag of each image-type class (dcm2niix's for phase, real and imaginary);
+a Dixon map ``water`` is tagged ``_water`` and so on."""
+
+
+def part_path(out: Path, key: SubSeries, echo: int | None, several_parts: bool) -> Path:
+    """Where one sub-series goes: ``out``, tagged with its echo and, when the series holds
+    several image types, its type (``a.nii.gz`` -> ``a_e2_ph.nii.gz``), as dcm2niix names
+    them."""
+    tag = "" if echo is None else f"_e{echo}"
+    if several_parts:
+        tag += PART_TAGS.get(key.part, f"_{key.part}")
+    return _with_tag(out, tag)
+
+
+def _with_tag(out: Path, tag: str) -> Path:
     suffix = next(s for s in _SUFFIXES if out.name.endswith(s))
-    return out.with_name(f"{out.name[: -len(suffix)]}_e{echo}{suffix}")
+    return out.with_name(f"{out.name[: -len(suffix)]}{tag}{suffix}")
 
 
 def _describe(uid: str, datasets: list[Dataset]) -> str:
@@ -97,11 +123,18 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     chosen = _choose_series(group_by_series(datasets), args.series_uid, args.series_dir)
-    volumes = series_volumes(chosen)
-    for volume in volumes:
-        path = args.out if volume.echo is None else echo_path(args.out, volume.echo)
-        volume.to_nifti(path, dtype=args.dtype)
-        shape = " x ".join(str(n) for n in volume.array.shape)
-        spacing = " x ".join(f"{s:.4g}" for s in volume.spacing_mm)
-        print(f"myoflow convert-series: {shape} voxels of {spacing} mm -> {path}")
+    parts = split_series(str(chosen[0].get("SeriesInstanceUID", "")), chosen)
+    several_parts = len({key.part for key in parts}) > 1
+    # Read every part before writing any, so a refused part leaves no files behind.
+    converted = [(key, series_volumes(members)) for key, members in parts.items()]
+    for key, volumes in converted:
+        for volume in volumes:
+            echo = key.echo if key.echo is not None else volume.echo
+            volume = replace(volume, echo=echo)
+            path = part_path(args.out, key, echo, several_parts)
+            volume.to_nifti(path, dtype=args.dtype)
+            shape = " x ".join(str(n) for n in volume.array.shape)
+            spacing = " x ".join(f"{s:.4g}" for s in volume.spacing_mm)
+            kind = "" if not several_parts else f" {key.part} images"
+            print(f"myoflow convert-series:{kind} {shape} voxels of {spacing} mm -> {path}")
     return 0

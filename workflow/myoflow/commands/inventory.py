@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from myoflow.commands import add_shard_arguments, shard_members_of
+from myoflow.commands import add_shard_arguments, json_section, shard_members_of
 from myoflow.core.io import write_tsv
 from myoflow.ingest.inventory import inventory_shard
+from myoflow.ingest.limits import DEFAULT_LIMITS, DeliveryLimits, LimitsError
 
 HELP = "inventory the DICOM series of every participant of one shard"
 
@@ -24,6 +25,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_shard_arguments(parser, "inventory.tsv")
+    parser.add_argument(
+        "--limits",
+        type=json_section(DeliveryLimits.from_config, (LimitsError, ValueError)),
+        default=DEFAULT_LIMITS,
+        help="config ingest.limits as a JSON object: what a delivery may declare before it "
+        "is refused unread (default: the package's limits)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -31,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
     """Inventory the shard's participants, then write the shard table."""
     members = shard_members_of(args)
     table = inventory_shard(
-        members, args.participants_dir, log=lambda line: print(line, flush=True)
+        members,
+        args.participants_dir,
+        limits=args.limits,
+        log=lambda line: print(line, flush=True),
     )
     write_tsv(args.out, table)
     excluded = int((table["status"] == "excluded").sum())

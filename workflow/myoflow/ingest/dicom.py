@@ -9,6 +9,15 @@ applied, and a series that would give a wrong volume is refused with a
 :class:`~myoflow.ingest.dicom_errors.DicomError` whose ``reason`` is one of
 :data:`~myoflow.ingest.dicom_errors.SERIES_REASONS`.
 
+A series that mixes image types is first split as dcm2niix splits it
+(:func:`~myoflow.ingest.image_types.split_series`,
+:func:`~myoflow.ingest.image_types.group_by_subseries`): by echo and by image-type class
+(magnitude, phase, real, imaginary, from ImageType, ComplexImageComponent or GE's private
+image type; and the Dixon maps water, fat, in-phase and opposed-phase that a Philips
+mDIXON series can hold together). ``myoflow convert-series`` and the participant stage
+both key what they convert by :class:`~myoflow.ingest.image_types.SubSeries` (series UID,
+echo, class).
+
 This module holds reading the files, the checks on the stack of slices, the affine and
 the pixel data. The frames' headers are read by :mod:`myoflow.ingest.dicom_frames`: enhanced
 (multi-frame) MR files are read through their functional groups, giving the same volume

@@ -19,8 +19,9 @@ from myoflow.core.errors import ParticipantExcluded
 from myoflow.core.grid import Grid
 from myoflow.core.volume import Volume
 from myoflow.ingest.acquisition import acquisition_record
-from myoflow.ingest.dicom import ORIENTATION_TOL, group_by_series, series_volumes
+from myoflow.ingest.dicom import ORIENTATION_TOL, series_volumes
 from myoflow.ingest.dicom_errors import DicomError
+from myoflow.ingest.image_types import group_by_subseries
 from myoflow.ingest.series import (
     CHANNELS,
     assign_stations,
@@ -86,14 +87,16 @@ def prepare_participant(
         ParticipantExcluded: the DICOM cannot give a correct stitched image; ``reason``
             is a key of :data:`EXCLUSION_REASONS`.
     """
-    source, members = participant_members(dicom_path)
+    source, members = participant_members(dicom_path, settings.limits)
     datasets, ignored_files = _read_dicom(members)
-    groups = group_by_series(datasets)
-    summaries = [summarise(uid, group) for uid, group in groups.items()]
+    # One key per series, echo and image type (magnitude, phase, ..., Dixon map), as
+    # convert-series splits a series: a series holding all four channels gives four.
+    groups = group_by_subseries(datasets)
+    summaries = [summarise(key, group) for key, group in groups.items()]
     _check_one_person(datasets)
     dixon, ignored_series = classify_series(summaries, settings.channel_rules)
     _check_orientation({(c, s.key): groups[s.key] for c, s in dixon})
-    plan = assign_stations(dixon, settings.protocols, ignored_series)
+    plan = assign_stations(dixon, settings.protocols, ignored_series, settings.expected_stations)
     stations = tuple(
         Station(number, {c: _volume(groups[key], c, number) for c, key in keys.items()})
         for number, keys in enumerate(plan.stations, 1)
@@ -159,7 +162,7 @@ def _check_one_person(datasets: Sequence[pydicom.Dataset]) -> None:
             )
 
 
-def _check_orientation(series: Mapping[tuple[str, str], Sequence[pydicom.Dataset]]) -> None:
+def _check_orientation(series: Mapping[tuple[str, object], Sequence[pydicom.Dataset]]) -> None:
     """Refuse Dixon series whose slices do not all share one orientation."""
     reference = None
     for (channel, _), datasets in series.items():

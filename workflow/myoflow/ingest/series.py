@@ -1,12 +1,16 @@
 """Which Dixon channel and which station each of a participant's MR series holds.
 
-A participant's delivery holds one series per channel (water, fat, in-phase,
-opposed-phase) and station (table position). The **channel** comes from configurable
-rules on ImageType and SeriesDescription (:class:`ChannelRule`; UK Biobank and NAKO
-naming ship in :data:`DEFAULT_CHANNEL_RULES`); the **station** from where the series
-lies along the body axis (z), never from names, so every channel gets the same set of
-stations. The **protocol** (:class:`ProtocolRule`) says how many stations a complete
-acquisition has.
+A participant's delivery holds one sub-series per channel (water, fat, in-phase,
+opposed-phase) and station (table position): a series, or the part of one with one echo
+and one image type (:class:`myoflow.ingest.image_types.SubSeries`; a Philips mDIXON series can
+hold all four channels). The **channel** comes from configurable rules on ImageType and
+SeriesDescription (:class:`ChannelRule`; Siemens, Philips and GE Dixon naming, UK Biobank
+and NAKO, ship in :data:`DEFAULT_CHANNEL_RULES`); phase, real and imaginary images are
+never a channel. The **station** comes from where the series lies along the body axis
+(z), never from names, so every channel gets the same set of stations. The number of
+stations is checked for every delivery: against the matching **protocol**
+(:class:`ProtocolRule`) or else ``ingest.expected_stations``; with neither, the delivery
+is excluded (``unknown_protocol``) rather than accepted unchecked.
 
 Everything here works on :class:`SeriesSummary` values (a few header fields per series),
 so it is pure and fast to test; :func:`summarise` builds one from a series' datasets.
@@ -23,6 +27,13 @@ import numpy as np
 import pydicom
 
 from myoflow.core.errors import MyoflowError, ParticipantExcluded
+from myoflow.ingest.image_types import (
+    MAGNITUDE,
+    NOT_MAGNITUDE,
+    SubSeries,
+    image_class,
+    image_values,
+)
 
 CHANNELS = ("water", "fat", "in", "opp")
 """Dixon channels: water, fat, in-phase (W + F) and opposed-phase (|W - F|)."""
@@ -33,6 +44,8 @@ SORT_REASONS = {
     "duplicate_series": "two series claim the same channel at the same station",
     "missing_station": "fewer stations than the protocol's complete acquisition",
     "extra_station": "more stations than the protocol's complete acquisition",
+    "unknown_protocol": "no protocol matches and ingest.expected_stations is not set, so "
+    "the number of stations cannot be checked",
 }
 """Exclusion reasons raised by :func:`sort_series`."""
 
@@ -89,37 +102,64 @@ def _from_config(cls: type, item: Mapping, where: str):
         raise RuleError(f"{where} item {dict(item)}: {err}") from err
 
 
-def _compile(pattern: str, rule: object) -> re.Pattern:
+def _compile(pattern: str, rule: object, key: str = "series_description") -> re.Pattern:
     try:
         return re.compile(pattern)
     except re.error as err:
-        raise RuleError(f"{rule}: series_description is not a regular expression: {err}") from err
+        raise RuleError(f"{rule}: {key} is not a regular expression: {err}") from err
+
+
+_SUMMARY_FIELD = {
+    "series_description": "description",
+    "protocol_name": "protocol_name",
+    "manufacturer": "manufacturer",
+}
 
 
 @dataclass(frozen=True)
 class ProtocolRule:
-    """An acquisition protocol, recognised when every Dixon series' description matches.
+    """An acquisition protocol, recognised when every Dixon series meets every condition.
 
     Attributes:
         name: short name, recorded in ``acquisition.json`` (e.g. ``ukbb``).
         series_description: regular expression searched in every Dixon series'
             SeriesDescription.
         stations: number of stations of a complete acquisition.
+        protocol_name: regular expression searched in every Dixon series' ProtocolName.
+        manufacturer: regular expression searched in every Dixon series' Manufacturer.
     """
 
     name: str
-    series_description: str
-    stations: int
-    _pattern: re.Pattern | None = field(default=None, init=False, repr=False, compare=False)
+    series_description: str | None = None
+    stations: int | None = None
+    protocol_name: str | None = None
+    manufacturer: str | None = None
+    _patterns: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_pattern", _compile(self.series_description, self))
+        conditions = {
+            key: getattr(self, key)
+            for key in ("series_description", "protocol_name", "manufacturer")
+            if getattr(self, key)
+        }
+        if not conditions:
+            raise RuleError(
+                f"protocol {self}: give series_description, protocol_name or manufacturer"
+            )
+        patterns = tuple((key, _compile(value, self, key)) for key, value in conditions.items())
+        object.__setattr__(self, "_patterns", patterns)
+        if isinstance(self.stations, bool) or not isinstance(self.stations, int):
+            raise RuleError(f"protocol {self}: stations must be a whole number")
         if self.stations < 1:
             raise RuleError(f"protocol {self}: stations must be at least 1")
 
-    def matches(self, descriptions: Sequence[str]) -> bool:
-        """Whether every description matches this protocol."""
-        return all(self._pattern.search(d) for d in descriptions)
+    def matches(self, series: Sequence[SeriesSummary]) -> bool:
+        """Whether every series meets every condition of this protocol."""
+        return all(
+            pattern.search(getattr(summary, _SUMMARY_FIELD[key]))
+            for summary in series
+            for key, pattern in self._patterns
+        )
 
     @classmethod
     def from_config(cls, item: Mapping) -> ProtocolRule:
@@ -127,18 +167,44 @@ class ProtocolRule:
         return _from_config(cls, item, "ingest.protocols")
 
 
+_GE_PRODUCTS = "(LAVA|FLEX|IDEAL|DIXON)"
+
 DEFAULT_CHANNEL_RULES = (
-    # Siemens marks the Dixon maps in ImageType, whatever the protocol is called.
+    # The Dixon maps marked in ImageType, whatever the protocol is called: Siemens
+    # (DERIVED\PRIMARY\DIXON\WATER, ...\FAT, ...\IN_PHASE, ...\OPP_PHASE or OPPOSED_PHASE),
+    # GE LAVA-Flex / IDEAL (...\WATER, ...\FAT, ...\IN_PHASE, ...\OUT_PHASE) and
+    # Philips mDIXON (DERIVED\PRIMARY\W\W\DERIVED, ...\F\F..., ...\IP..., ...\OP...).
     ChannelRule("water", image_type="WATER"),
     ChannelRule("fat", image_type="FAT"),
     ChannelRule("in", image_type="IN_PHASE"),
     ChannelRule("opp", image_type="OPPOSED_PHASE"),
     ChannelRule("opp", image_type="OPP_PHASE"),
+    ChannelRule("opp", image_type="OUT_PHASE"),
+    ChannelRule("water", image_type="W"),
+    ChannelRule("fat", image_type="F"),
+    ChannelRule("in", image_type="IP"),
+    ChannelRule("opp", image_type="OP"),
     # UK Biobank (Dixon_BH_17s_W, Dixon_noBH_F, ...) and NAKO (T1_VIBE_DIXON_tra_W, ...).
     ChannelRule("water", series_description="^(Dixon_(BH_17s|noBH)|T1_VIBE_DIXON_tra)_W$"),
     ChannelRule("fat", series_description="^(Dixon_(BH_17s|noBH)|T1_VIBE_DIXON_tra)_F$"),
     ChannelRule("in", series_description="^(Dixon_(BH_17s|noBH)|T1_VIBE_DIXON_tra)_in$"),
     ChannelRule("opp", series_description="^(Dixon_(BH_17s|noBH)|T1_VIBE_DIXON_tra)_opp$"),
+    # Siemens Dixon and VIBE Dixon: syngo appends _W, _F, _in, _opp to the protocol name.
+    ChannelRule("water", series_description="(?i)dixon.*_W$"),
+    ChannelRule("fat", series_description="(?i)dixon.*_F$"),
+    ChannelRule("in", series_description="(?i)dixon.*_in$"),
+    ChannelRule("opp", series_description="(?i)dixon.*_opp$"),
+    # Philips mDIXON: mDIXON W, mDIXON_F, WIP mDIXON IP, T1_mDIXON_OP ...
+    ChannelRule("water", series_description="(?i)m-?dixon.*[ _-](W|WATER)$"),
+    ChannelRule("fat", series_description="(?i)m-?dixon.*[ _-](F|FAT)$"),
+    ChannelRule("in", series_description="(?i)m-?dixon.*[ _-](IP|IN[ _-]?PHASE)$"),
+    ChannelRule("opp", series_description="(?i)m-?dixon.*[ _-](OP|OUT[ _-]?PHASE)$"),
+    # GE LAVA-Flex, IDEAL, Flex: the recon type prefixes the description
+    # (WATER: AX LAVA-FLEX, FAT: ..., InPhase: ..., OutPhase: ...).
+    ChannelRule("water", series_description=f"(?i)^WATER:.*{_GE_PRODUCTS}"),
+    ChannelRule("fat", series_description=f"(?i)^FAT:.*{_GE_PRODUCTS}"),
+    ChannelRule("in", series_description=f"(?i)^IN[ _-]?PHASE:.*{_GE_PRODUCTS}"),
+    ChannelRule("opp", series_description=f"(?i)^OUT[ _-]?PHASE:.*{_GE_PRODUCTS}"),
 )
 """Shipped channel rules; ``config/config.yaml`` (``ingest.channel_rules``) holds the same."""
 
@@ -154,28 +220,47 @@ class SeriesSummary:
     """What sorting needs to know about one series.
 
     Attributes:
-        key: the SeriesInstanceUID (kept in memory only; reports use :attr:`series_hash`).
+        key: the sub-series key (:class:`~myoflow.ingest.image_types.SubSeries`: UID, echo,
+            image-type class), or a plain SeriesInstanceUID; kept in memory only, reports
+            use :attr:`series_hash`.
         description: SeriesDescription.
         image_type: ImageType values.
         z_range_mm: lowest and highest LPS z (mm) of any pixel centre of the series.
         n_files: number of files.
+        part: image-type class; phase, real and imaginary images are never a channel.
+        echo: echo number when the series holds several echoes, else None.
+        protocol_name: ProtocolName.
+        manufacturer: Manufacturer.
     """
 
-    key: str
+    key: SubSeries | str
     description: str
     image_type: tuple[str, ...]
     z_range_mm: tuple[float, float]
     n_files: int
+    part: str = MAGNITUDE
+    echo: int | None = None
+    protocol_name: str = ""
+    manufacturer: str = ""
+
+    @property
+    def uid(self) -> str:
+        """The SeriesInstanceUID."""
+        return self.key.uid if isinstance(self.key, SubSeries) else self.key
 
     @property
     def series_hash(self) -> str:
         """First 16 hex digits of the SHA-256 of the SeriesInstanceUID (as the inventory)."""
-        return hashlib.sha256(self.key.encode("ascii", "replace")).hexdigest()[:16]
+        return hashlib.sha256(self.uid.encode("ascii", "replace")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class IgnoredSeries:
-    """An MR series that is not a Dixon channel; ``reason`` is not_dixon or ambiguous."""
+    """An MR (sub-)series that is not a Dixon channel.
+
+    ``reason`` is not_dixon, ambiguous_channel or not_magnitude (phase, real or
+    imaginary images, split from their series as dcm2niix does).
+    """
 
     series_hash: str
     series_description: str
@@ -190,7 +275,7 @@ class SeriesPlan:
 
     Attributes:
         protocol: name of the matched :class:`ProtocolRule`, or "" when none matched.
-        stations: per station, head first, channel -> series key.
+        stations: per station, head first, channel -> (sub-)series key.
         ignored: MR series that are not Dixon channels.
     """
 
@@ -199,8 +284,8 @@ class SeriesPlan:
     ignored: tuple[IgnoredSeries, ...]
 
 
-def summarise(key: str, datasets: Sequence[pydicom.Dataset]) -> SeriesSummary:
-    """Summarise one series from its datasets (headers suffice).
+def summarise(key: SubSeries | str, datasets: Sequence[pydicom.Dataset]) -> SeriesSummary:
+    """Summarise one (sub-)series from its datasets (headers suffice).
 
     ``z_range_mm`` covers the corners of every slice, so it is right whatever the slice
     orientation; slices without usable geometry are left out of it (reading the
@@ -223,19 +308,19 @@ def summarise(key: str, datasets: Sequence[pydicom.Dataset]) -> SeriesSummary:
     z_range = (min(z_values), max(z_values)) if z_values else (np.nan, np.nan)
     return SeriesSummary(
         key=key,
-        description=str(first.get("SeriesDescription", "") or "").strip(),
-        image_type=tuple(str(v).strip() for v in _values(first.get("ImageType"))),
+        description=_text(first, "SeriesDescription"),
+        image_type=tuple(image_values(first)),
         z_range_mm=(float(z_range[0]), float(z_range[1])),
         n_files=len(datasets),
+        part=key.part if isinstance(key, SubSeries) else image_class(first),
+        echo=key.echo if isinstance(key, SubSeries) else None,
+        protocol_name=_text(first, "ProtocolName"),
+        manufacturer=_text(first, "Manufacturer"),
     )
 
 
-def _values(value: object) -> list:
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        return value.split("\\")
-    return list(value)  # type: ignore[call-overload]
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "").strip()
 
 
 def classify_channel(
@@ -254,22 +339,28 @@ def classify_series(
 ) -> tuple[list[tuple[str, SeriesSummary]], list[IgnoredSeries]]:
     """Split series into Dixon (channel, series) pairs and ignored series.
 
-    A series is ignored as ``not_dixon`` when it matches no rule (or has no slice
-    positions), and as ``ambiguous_channel`` when it matches rules of several channels.
+    A series is ignored as ``not_magnitude`` when it holds phase, real or imaginary
+    images, as ``not_dixon`` when it matches no rule (or has no slice positions), and as
+    ``ambiguous_channel`` when it matches rules of several channels.
     """
     dixon: list[tuple[str, SeriesSummary]] = []
     ignored = []
     for summary in series:
         channels = classify_channel(summary.description, summary.image_type, rules)
-        if len(channels) == 1 and not np.isnan(summary.z_range_mm[0]):
+        if summary.part in NOT_MAGNITUDE:
+            reason = "not_magnitude"
+            detail = f"{summary.part} images: a Dixon channel is a magnitude image"
+        elif len(channels) == 1 and not np.isnan(summary.z_range_mm[0]):
             dixon.append((channels[0], summary))
             continue
-        if len(channels) > 1:
+        elif len(channels) > 1:
             reason, detail = "ambiguous_channel", f"matches rules of {' and '.join(channels)}"
         elif channels:
             reason, detail = "not_dixon", f"a {channels[0]} series without slice positions"
         else:
             reason, detail = "not_dixon", "matches no channel rule"
+        if summary.echo is not None:
+            detail = f"echo {summary.echo}: {detail}"
         image_type = "\\".join(summary.image_type)
         ignored.append(
             IgnoredSeries(summary.series_hash, summary.description, image_type, reason, detail)
@@ -281,24 +372,29 @@ def assign_stations(
     dixon: Sequence[tuple[str, SeriesSummary]],
     protocols: Sequence[ProtocolRule] = DEFAULT_PROTOCOLS,
     ignored: Sequence[IgnoredSeries] = (),
+    expected_stations: int | None = None,
 ) -> SeriesPlan:
     """Group Dixon series into stations by position; check every station is complete.
 
     Series whose z ranges overlap by more than :data:`SAME_STATION_OVERLAP` of the
     shorter one are one station; stations are numbered from the head down (1 = highest
-    z), as scanners acquire them. The protocol is the first whose description pattern
-    every series matches; it says how many stations there must be.
+    z), as scanners acquire them. The protocol is the first whose conditions every
+    series meets; it says how many stations there must be, else ``expected_stations``
+    does; with neither the delivery is refused (``unknown_protocol``), never accepted
+    unchecked.
 
     Raises:
-        ParticipantExcluded: with a reason of :data:`SORT_REASONS`.
+        ParticipantExcluded: with a reason of :data:`SORT_REASONS`; the details of
+            ``no_dixon_series`` and ``missing_channel`` list every ignored series.
     """
     if not dixon:
         raise ParticipantExcluded(
-            "no_dixon_series", f"none of the {len(ignored)} MR series matches a channel rule"
+            "no_dixon_series",
+            f"none of the {len(ignored)} MR series matches a channel rule; {ignored_text(ignored)}",
         )
     stations = _stations(list(dixon))
-    protocol = next((p for p in protocols if p.matches([s.description for _, s in dixon])), None)
-    _check_complete(stations, protocol)
+    protocol = next((p for p in protocols if p.matches([s for _, s in dixon])), None)
+    _check_complete(stations, protocol, expected_stations, ignored)
     return SeriesPlan(
         protocol=protocol.name if protocol else "",
         stations=tuple({c: s.key for c, s in station} for station in stations),
@@ -310,6 +406,7 @@ def sort_series(
     series: Sequence[SeriesSummary],
     rules: Sequence[ChannelRule] = DEFAULT_CHANNEL_RULES,
     protocols: Sequence[ProtocolRule] = DEFAULT_PROTOCOLS,
+    expected_stations: int | None = None,
 ) -> SeriesPlan:
     """:func:`classify_series`, then :func:`assign_stations`.
 
@@ -317,7 +414,18 @@ def sort_series(
         ParticipantExcluded: with a reason of :data:`SORT_REASONS`.
     """
     dixon, ignored = classify_series(series, rules)
-    return assign_stations(dixon, protocols, ignored)
+    return assign_stations(dixon, protocols, ignored, expected_stations)
+
+
+def ignored_text(ignored: Sequence[IgnoredSeries]) -> str:
+    """Every ignored series with its description, ImageType and why, for messages."""
+    if not ignored:
+        return "no MR series was ignored"
+    listed = "; ".join(
+        f"{s.series_description!r} (ImageType {s.image_type or '(none)'}): {s.reason}, {s.detail}"
+        for s in ignored
+    )
+    return f"{len(ignored)} ignored: {listed}"
 
 
 def _stations(
@@ -341,7 +449,10 @@ def _same_station(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def _check_complete(
-    stations: list[list[tuple[str, SeriesSummary]]], protocol: ProtocolRule | None
+    stations: list[list[tuple[str, SeriesSummary]]],
+    protocol: ProtocolRule | None,
+    expected_stations: int | None,
+    ignored: Sequence[IgnoredSeries],
 ) -> None:
     for number, station in enumerate(stations, 1):
         channels = [channel for channel, _ in station]
@@ -356,15 +467,27 @@ def _check_complete(
         if missing:
             raise ParticipantExcluded(
                 "missing_channel",
-                f"{where} has {', '.join(channels)} but no {', '.join(missing)}",
+                f"{where} has {', '.join(channels)} but no {', '.join(missing)}; "
+                f"{ignored_text(ignored)}",
             )
-    if protocol is not None and len(stations) != protocol.stations:
-        reason = "missing_station" if len(stations) < protocol.stations else "extra_station"
-        ranges = "; ".join(_z_text(station) for station in stations)
+    ranges = "; ".join(_z_text(station) for station in stations)
+    if protocol is not None:
+        expected, source = protocol.stations, f"protocol {protocol.name} has"
+    elif expected_stations is not None:
+        expected, source = expected_stations, "ingest.expected_stations is"
+    else:
+        descriptions = sorted({s.description for station in stations for _, s in station})
+        raise ParticipantExcluded(
+            "unknown_protocol",
+            f"{len(stations)} stations found, but no protocol of ingest.protocols matches "
+            f"the Dixon series ({', '.join(map(repr, descriptions))}) and "
+            "ingest.expected_stations is not set: add a protocol or set expected_stations",
+        )
+    if len(stations) != expected:
+        reason = "missing_station" if len(stations) < expected else "extra_station"
         raise ParticipantExcluded(
             reason,
-            f"{len(stations)} stations found, protocol {protocol.name} has "
-            f"{protocol.stations} (z ranges, head first: {ranges})",
+            f"{len(stations)} stations found, {source} {expected} (z ranges, head first: {ranges})",
         )
 
 
