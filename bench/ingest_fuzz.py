@@ -26,9 +26,15 @@ Deliveries go through :func:`myoflow.ingest.inventory.inventory_shard` and
 fails if either raises). Printed: deliveries, converted, excluded by reason, crashes
 (``internal_error`` exclusions), failed shard jobs, and the valid deliveries that were not
 converted, with their perturbations and reasons. Base participants and deliveries live
-under ``--work`` (default ``data/fuzz``; deliveries are made anew each run).
+under ``--work`` (default ``data/fuzz``; deliveries are made anew unless ``--reuse``).
 
-Run: ``.venv/bin/python bench/ingest_fuzz.py --deliveries 300``
+With the default settings a delivery renamed to Philips or GE naming matches no protocol
+and is excluded as ``unknown_protocol``: nothing would check its station count.
+``--site-protocols`` recognises the protocols by ProtocolName too, as a site with such
+exports would configure them.
+
+Run: ``.venv/bin/python bench/ingest_fuzz.py --deliveries 300`` (about 40 minutes on 2
+cores), then ``... --reuse --site-protocols`` on the same deliveries.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import pydicom
 from myoflow.core.shard_runner import INTERNAL_ERROR
 from myoflow.ingest.convert import convert_shard
 from myoflow.ingest.inventory import inventory_shard
+from myoflow.ingest.series import DEFAULT_PROTOCOLS, ProtocolRule
 from myoflow.ingest.settings import IngestSettings
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 from myoflow.synth.signal import ArtefactRates
@@ -69,6 +76,17 @@ GE = {
     "opp": ("OutPhase: AX LAVA-FLEX", ["ORIGINAL", "PRIMARY", "DIXON", "OUT_PHASE"]),
 }
 CHANNEL_OF_TYPE = {"WATER": "water", "FAT": "fat", "IN_PHASE": "in", "OPPOSED_PHASE": "opp"}
+SITE_SETTINGS = IngestSettings(
+    protocols=(
+        *DEFAULT_PROTOCOLS,
+        ProtocolRule(name="ukbb_site", protocol_name="^Dixon_(BH_17s|noBH)$", stations=6),
+        ProtocolRule(name="nako_site", protocol_name="^T1_VIBE_DIXON_tra$", stations=4),
+    )
+)
+"""Settings a site whose exports use other vendors' series naming would give: protocols
+recognised by ProtocolName (which renaming leaves alone), with their station counts.
+Without them a renamed delivery matches no protocol and is excluded as unknown_protocol,
+as it should be: nothing would check its station count."""
 OPTIONAL_TAGS = ("SliceLocation", "BodyPartExamined", "AcquisitionTime", "SpacingBetweenSlices")
 
 
@@ -299,19 +317,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--shard-size", type=int, default=25)
     parser.add_argument("--work", type=Path, default=Path("data/fuzz"))
+    parser.add_argument(
+        "--site-protocols",
+        action="store_true",
+        help="recognise the protocols by ProtocolName too (SITE_SETTINGS), as a site with "
+        "Philips or GE naming would configure them",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="ingest the deliveries of an earlier run of this seed again (its results.tsv) "
+        "instead of making them anew",
+    )
     args = parser.parse_args(argv)
+    settings = SITE_SETTINGS if args.site_protocols else IngestSettings()
     started = time.perf_counter()
     bases = base_participants(args.work)
     runs = args.work / f"run-seed{args.seed}"
-    shutil.rmtree(runs, ignore_errors=True)
-    rng = np.random.default_rng(args.seed)
-    rows = []
-    for index in range(args.deliveries):
-        base = bases[int(rng.integers(len(bases)))]
-        pid = f"fuzz{index:04d}"
-        names, valid = make_delivery(base, runs / "dicom" / pid, rng)
-        rows.append({"participant_id": pid, "dicom_path": runs / "dicom" / pid, "base": base.name,
-                     "perturbations": " ".join(names), "valid": valid})  # fmt: skip
+    if args.reuse:
+        earlier = pd.read_csv(runs / "results.tsv", sep="\t", dtype={"participant_id": str})
+        rows = earlier[["participant_id", "dicom_path", "base", "perturbations", "valid"]]
+        rows = rows.head(args.deliveries).to_dict("records")
+    else:
+        shutil.rmtree(runs, ignore_errors=True)
+        rng = np.random.default_rng(args.seed)
+        rows = []
+        for index in range(args.deliveries):
+            base = bases[int(rng.integers(len(bases)))]
+            pid = f"fuzz{index:04d}"
+            names, valid = make_delivery(base, runs / "dicom" / pid, rng)
+            rows.append({"participant_id": pid, "dicom_path": runs / "dicom" / pid,
+                         "base": base.name, "perturbations": " ".join(names),
+                         "valid": valid})  # fmt: skip
     made = time.perf_counter()
     deliveries = pd.DataFrame(rows)
     deliveries["shard"] = [f"f-{i // args.shard_size:04d}" for i in range(len(deliveries))]
@@ -321,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             inventory = inventory_shard(members, runs / "participants", log=lambda line: None)
             tables.append(
                 convert_shard(
-                    members, runs / "participants", inventory, IngestSettings(), log=lambda _: None
+                    members, runs / "participants", inventory, settings, log=lambda _: None
                 )
             )
         except Exception as err:  # noqa: BLE001 - a failed shard job is what we count
@@ -332,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
 
     excluded = result[result["status"] == "excluded"]
     print(f"deliveries: {len(result)} from {len(bases)} base participants (seed {args.seed})")
+    protocols = "by ProtocolName too (--site-protocols)" if args.site_protocols else "defaults"
+    print(f"protocols: {protocols}")
     print(f"converted: {int((result['status'] == 'ok').sum())}")
     print(f"excluded: {len(excluded)}")
     for (stage, reason), count in excluded.groupby(["stage", "reason"]).size().items():
