@@ -80,7 +80,7 @@ BIAS_LIMIT_PERCENT = 2.0
 """Volume bias target: within +-2% of the mean of predicted and true volume."""
 PROTOCOL = "ukbb"
 """The protocol of the synthesised participants: the one the shipped model was trained on."""
-NO_ARTEFACTS = ArtefactRates(swap=0, partial_swap=0, missing_station=0, missing_channel=0)
+NO_ARTEFACTS = ArtefactRates.none()
 """Synthesised participants are acquired cleanly: accuracy, not artefact handling, is scored."""
 BATCH = 5
 """Participants synthesised per batch: an interrupted run keeps its finished batches."""

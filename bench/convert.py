@@ -165,7 +165,7 @@ def main() -> None:
             protocol=args.protocol,
             seed=7,
             size="full",
-            rates=ArtefactRates(swap=0, partial_swap=0, missing_station=0, missing_channel=0),
+            rates=ArtefactRates.none(),
         )
         generate_cohort(spec)
         (dicom,) = sorted((root / "cohort" / "dicom").iterdir())

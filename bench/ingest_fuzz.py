@@ -103,7 +103,7 @@ def base_participants(work: Path) -> list[Path]:
                 protocol=protocol,
                 seed=7001,
                 size="small",
-                rates=ArtefactRates(**dict.fromkeys(ArtefactRates.__dataclass_fields__, 0.0)),
+                rates=ArtefactRates.none(),
             )
             generate_cohort(spec)
         folders += sorted(p for p in (out / "dicom").iterdir() if p.is_dir())

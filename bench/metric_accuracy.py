@@ -34,7 +34,7 @@ from myoflow.measure import metrics
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 from myoflow.synth.signal import ArtefactRates
 
-NO_ARTEFACTS = ArtefactRates(swap=0, partial_swap=0, missing_station=0, missing_channel=0)
+NO_ARTEFACTS = ArtefactRates.none()
 
 
 @dataclass(frozen=True)

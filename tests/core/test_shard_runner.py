@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -26,7 +25,6 @@ class CountingStage:
 
     name = "count"
     columns = [*STATUS_COLUMNS, "value"]
-    defaults: ClassVar[dict] = {}
 
     def __init__(self, behaviour: dict[str, str]):
         self.behaviour = behaviour

@@ -87,8 +87,8 @@ class ShardStage(Protocol):
     """The shard table's columns, starting with :data:`STATUS_COLUMNS`' first three."""
 
     defaults: Mapping[str, Any]
-    """Cells a row takes where the outcome's record has none (e.g. counts of 0 for an
-    excluded participant); may be empty."""
+    """Optional: cells a row takes where the outcome's record has none (e.g. counts of 0
+    for an excluded participant); a stage without it leaves them empty."""
 
     def current(self, member: Any, folder: Path) -> Outcome | None:
         """The participant's outcome if its outputs are current, else None."""
@@ -185,6 +185,7 @@ def run_shard(
     rows: list[dict[str, Any]] = []
     side_rows: dict[str, list[Mapping[str, Any]]] = {name: [] for name in side_columns}
     total, started_shard = len(members), time.perf_counter()
+    defaults = getattr(stage, "defaults", {})
     for index, member in enumerate(members.itertuples(index=False), start=1):
         pid = str(member.participant_id)
         started = time.perf_counter()
@@ -193,7 +194,7 @@ def run_shard(
         rows.append(
             {"participant_id": pid, "shard": member.shard}
             | {
-                column: outcome.record.get(column, stage.defaults.get(column, ""))
+                column: outcome.record.get(column, defaults.get(column, ""))
                 for column in stage.columns[2:]
             }
         )

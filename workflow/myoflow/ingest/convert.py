@@ -35,7 +35,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pandas as pd
 import pydicom
@@ -155,7 +155,6 @@ class ConvertStage:
     settings: IngestSettings
     name = STAGE
     columns = SHARD_COLUMNS
-    defaults: ClassVar[dict] = {}
 
     def current(self, member: Any, folder: Path) -> Outcome | None:
         record = complete_record(ConvertFiles(folder), Path(member.dicom_path), self.settings)

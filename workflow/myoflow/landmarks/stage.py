@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -76,7 +76,6 @@ class LandmarksStage:
 
     name = STAGE
     columns = SHARD_COLUMNS
-    defaults: ClassVar[dict] = {}
 
     def current(self, member: Any, folder: Path) -> Outcome | None:
         hips = current_landmarks(ParticipantFiles(folder))

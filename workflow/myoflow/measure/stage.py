@@ -44,7 +44,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -178,7 +178,6 @@ class MeasureStage:
     settings: QcSettings
     name = STAGE
     columns = SHARD_COLUMNS
-    defaults: ClassVar[dict] = {}
 
     def current(self, member: Any, folder: Path) -> Outcome | None:
         """A current measurement; flags redone here when only the QC settings changed."""

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -304,7 +304,6 @@ class SegmentStage:
     batch_size: int
     name = STAGE
     columns = SHARD_COLUMNS
-    defaults: ClassVar[dict] = {}
 
     def current(self, member: Any, folder: Path) -> Outcome | None:
         record = complete_record(SegmentFiles(folder), self.segmenter)

@@ -32,6 +32,11 @@ class ArtefactRates:
     missing_channel: float = 0.005  # one channel of one station absent
 
     @classmethod
+    def none(cls) -> ArtefactRates:
+        """No artefact at all: clean participants for accuracy and ingestion benches."""
+        return cls(**dict.fromkeys(cls.__dataclass_fields__, 0.0))
+
+    @classmethod
     def parse(cls, text: str) -> ArtefactRates:
         """Parse ``"swap=0.05,missing_station=0.01"`` (unnamed rates keep their defaults)."""
         values = {}
