@@ -54,7 +54,7 @@ import pydicom
 from myoflow.core.shard_runner import INTERNAL_ERROR
 from myoflow.ingest.convert import convert_shard
 from myoflow.ingest.inventory import inventory_shard
-from myoflow.ingest.series import DEFAULT_PROTOCOLS, ProtocolRule
+from myoflow.ingest.series_rules import DEFAULT_PROTOCOLS, ProtocolRule
 from myoflow.ingest.settings import IngestSettings
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 from myoflow.synth.signal import ArtefactRates
