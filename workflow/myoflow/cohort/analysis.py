@@ -175,6 +175,8 @@ class AnalysisSettings:
 
 
 MIN_PARTICIPANTS = 3
+EXCLUSIONS_LISTED = 50
+"""Excluded participants listed by name in ``exclusion_list`` (the first ones)."""
 """Fewest participants in the analysis table for the cohort statistics to run at all."""
 
 
@@ -328,7 +330,21 @@ def run_analysis(
     """
     s = settings if settings is not None else AnalysisSettings()
     run = Runner()
-    run("flow", lambda: {"flow": cohort.flow(), "exclusion_counts": cohort.exclusion_counts()})
+    run(
+        "flow",
+        lambda: {
+            "flow": cohort.flow(),
+            "exclusion_counts": cohort.exclusion_counts(),
+            # who, for a cohort small enough to list (the report shows it)
+            "exclusion_list": cohort.exclusions.head(EXCLUSIONS_LISTED)[
+                [
+                    c
+                    for c in ("participant_id", "stage", "reason", "detail")
+                    if c in cohort.exclusions
+                ]
+            ],
+        },
+    )
     if manifest:
         run("synthetic_cohort", lambda: {"synthetic_cohort": papers.synthetic_cohort(manifest)})
     if len(cohort.table) < MIN_PARTICIPANTS:

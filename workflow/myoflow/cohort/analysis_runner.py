@@ -103,7 +103,15 @@ class Runner:
 
 
 UNNOTED_TABLES = frozenset(
-    {"table1_display", "table2_display", "flow", "exclusion_counts", "papers", "synthetic_cohort"}
+    {
+        "table1_display",
+        "table2_display",
+        "flow",
+        "exclusion_counts",
+        "exclusion_list",
+        "papers",
+        "synthetic_cohort",
+    }
 )
 """Tables of text or counts, which have no statistics to note."""
 

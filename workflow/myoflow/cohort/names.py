@@ -91,6 +91,8 @@ HEADERS = {
     "bias_ci_high": "Bias CI high",
     "loa_low": "Lower LoA",
     "loa_high": "Upper LoA",
+    "mean_method": "Mean automatic",
+    "mean_reference": "Mean manual",
     "unit": "Unit",
     "note": "Note",
     "column": "Measure",
