@@ -153,7 +153,7 @@ LABELLED = frozenset(
 def _cell(value: Any, column: str) -> str:
     if column in LABELLED and isinstance(value, str):
         return label(value)
-    if column == "formula" and isinstance(value, str):
+    if column in ("formula", "term") and isinstance(value, str):
         return readable_formula(value)
     if column == "sex" and isinstance(value, str):
         return {"F": "women", "M": "men", describe.ALL: "all"}.get(value, value)
