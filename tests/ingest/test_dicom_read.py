@@ -17,7 +17,7 @@ import pydicom
 import pydicom.data
 import pytest
 import SimpleITK as sitk
-from dicom_helpers import TEST_PATIENT, UID_ROOT, dcm2niix_binary, pack_enhanced, write_slice
+from dicom_helpers import TEST_PATIENT, UID_ROOT, dcm2niix_binary, write_slice
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders import JPEG2000LosslessDecoder, JPEGLSLosslessDecoder
@@ -30,6 +30,7 @@ from myoflow.ingest.dicom_errors import SERIES_REASONS, DicomError
 from myoflow.ingest.image_class import image_class
 from myoflow.ingest.image_types import SubSeries, group_by_subseries
 from myoflow.synth.dicom_writer import SeriesInfo, write_series
+from myoflow.synth.enhanced import pack_enhanced
 
 # Odd, unequal sizes and spacings: any swap of i/j, rows/columns or PixelSpacing order
 # changes a shape or a position.

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import UID_ROOT, pack_enhanced, write_slice
+from dicom_helpers import UID_ROOT, write_slice
 
 from myoflow.core.errors import ParticipantExcluded
 from myoflow.ingest.prepare import prepare_participant
 from myoflow.ingest.series import classify_channel
 from myoflow.ingest.series_rules import CHANNELS, DEFAULT_CHANNEL_RULES
 from myoflow.ingest.settings import IngestSettings
+from myoflow.synth.enhanced import pack_enhanced
 from myoflow.synth.scanner_tags import channel_tags
 
 # Station 1 above station 2; they share one 3 mm slice position (z = 0).

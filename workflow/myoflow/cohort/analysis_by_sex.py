@@ -356,12 +356,12 @@ def regression(
 
 
 def _design(formula: str, data: pd.DataFrame) -> np.ndarray:
-    """The model matrix of ``formula`` on ``data`` (patsy, as statsmodels builds it)."""
-    import patsy
+    """The model matrix of ``formula`` on ``data``, as statsmodels builds it for the fit."""
+    import statsmodels.formula.api as smf
 
     try:
-        return np.asarray(patsy.dmatrices(formula, data, eval_env=1)[1])
-    except Exception as err:  # patsy raises many types for formulas it cannot build
+        return np.asarray(smf.ols(formula, data=data).exog)
+    except Exception as err:  # the formula engine raises many types for bad formulas
         raise StatsInputError(f"cannot build {formula!r}: {err}") from err
 
 
