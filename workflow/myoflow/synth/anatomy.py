@@ -28,6 +28,7 @@ from myoflow.synth.body_frame import (
     spine_y,
 )
 from myoflow.synth.geometry import Grid
+from myoflow.synth.shape_variation import ShapeVariation
 from myoflow.synth.shapes import EllipseStack, paint, stack, subsample_centres
 from myoflow.synth.skeleton import iliac_wing, pelvis_and_femur_shapes, spine_shapes
 
@@ -38,8 +39,16 @@ TARGET_MUSCLES = ("gluteus_maximus", "gluteus_medius", "gluteus_minimus", "iliac
 PSOAS_ASPECT = 1.25  # lateral over antero-posterior semi-axis of the psoas cross-section
 
 
-def psoas(frame: BodyFrame, side: str, csa_max_cm2: float, height_cm: float) -> EllipseStack:
-    """Psoas major from the lesser trochanter to T12, its CSA following the shared profile."""
+def psoas(
+    frame: BodyFrame,
+    side: str,
+    csa_max_cm2: float,
+    height_cm: float,
+    t_max: float = psoas_profile.T_MAX,
+    aspect: float = PSOAS_ASPECT,
+) -> EllipseStack:
+    """Psoas major from the lesser trochanter to T12, its CSA following the shared profile
+    (peak at ``t_max`` of its length, lateral over antero-posterior axis ``aspect``)."""
     k, sign = frame.k, (1.0 if side == "left" else -1.0)
     hip = frame.hip(side)
     u_h, y_h, z_h = abs(hip[0] - frame.x_mid), hip[1], hip[2]
@@ -47,9 +56,9 @@ def psoas(frame: BodyFrame, side: str, csa_max_cm2: float, height_cm: float) -> 
     z_ins = z_h - psoas_profile.INSERTION_BELOW_HIP_MM_AT_170CM * k
     t = np.linspace(0.0, 1.0, 161)
     z = z_ins + t * length
-    area = csa_max_cm2 * 100.0 * psoas_profile.relative_csa(t)
-    a = np.sqrt(area * PSOAS_ASPECT / np.pi)
-    b = np.sqrt(area / (PSOAS_ASPECT * np.pi))
+    area = csa_max_cm2 * 100.0 * psoas_profile.relative_csa(t, t_max)
+    a = np.sqrt(area * aspect / np.pi)
+    b = np.sqrt(area / (aspect * np.pi))
     # Path: hugging the vertebral bodies above the pelvis, over the brim, anterior to
     # the femoral head, and back to the lesser trochanter.
     h_ctrl = np.array([z_ins - z_h, -30 * k, 0.0, 60 * k, 132 * k, 220 * k, z_ins - z_h + length])
@@ -359,13 +368,44 @@ def rendered_volume_ml(
     return float(np.count_nonzero(visible)) * sample_ml
 
 
+def varied_psoas(
+    frame: BodyFrame, side: str, volume_ml: float, height_cm: float, variation: ShapeVariation
+) -> EllipseStack:
+    """A psoas major of ``volume_ml`` with ``variation``'s profile, aspect and deformation."""
+    unit = psoas(frame, side, 1.0, height_cm, variation.psoas_t_max, variation.psoas_aspect)
+    csa = volume_ml / unit.volume_ml()  # the path hugs the spine by the muscle's own size
+    shape = psoas(frame, side, csa, height_cm, variation.psoas_t_max, variation.psoas_aspect)
+    shape = variation.deform(shape, "psoas_major", side, frame.k)
+    return shape.scaled(float(np.sqrt(volume_ml / shape.volume_ml())))
+
+
 def target_shapes(
-    frame: BodyFrame, targets: dict, height_cm: float, grid: Grid, factor: int
+    frame: BodyFrame,
+    targets: dict,
+    height_cm: float,
+    grid: Grid,
+    factor: int,
+    variation: ShapeVariation | None = None,
 ) -> list[EllipseStack]:
-    """All target muscles of both sides, sized to ``targets``, in painting order."""
+    """All target muscles of both sides, sized to ``targets``, in painting order.
+
+    With a ``variation`` the psoas share, the psoas profile and every muscle's shape are
+    randomised (:mod:`myoflow.synth.shape_variation`); the iliopsoas and gluteus volumes
+    stay the targets'.
+    """
     by_side: dict[str, dict[str, EllipseStack]] = {}
     for side in SIDES:
-        ps = psoas(frame, side, targets[f"psoas_max_csa_{side}_cm2"], height_cm)
+        volumes = {m: targets.get(f"vol_{m}_{side}_ml") for m in TARGET_MUSCLES}
+        if variation is None:
+            ps = psoas(frame, side, targets[f"psoas_max_csa_{side}_cm2"], height_cm)
+        else:
+            planned = float(
+                psoas_profile.psoas_volume_ml(targets[f"psoas_max_csa_{side}_cm2"], height_cm)
+            )
+            volumes["psoas_major"], volumes["iliacus"] = variation.split_iliopsoas(
+                planned, targets[f"vol_iliacus_{side}_ml"]
+            )
+            ps = varied_psoas(frame, side, volumes["psoas_major"], height_cm, variation)
         raw = {"psoas_major": ps, "iliacus": iliacus(frame, side, ps)}
         raw.update(
             zip(
@@ -374,6 +414,8 @@ def target_shapes(
                 strict=True,
             )
         )
+        if variation is not None:
+            raw.update({m: variation.deform(raw[m], m, side, frame.k) for m in TARGET_MUSCLES[:-1]})
         done = {"psoas_major": ps}
         # Calibrate from the highest priority down: each muscle only loses volume to the
         # ones painted after it, which are final by then.
@@ -382,7 +424,7 @@ def target_shapes(
             done[muscle] = calibrate(
                 raw[muscle],
                 above,
-                targets[f"vol_{muscle}_{side}_ml"],
+                volumes[muscle],
                 grid,
                 factor,
                 frame.interior,
@@ -392,10 +434,15 @@ def target_shapes(
 
 
 def build_shapes(
-    frame: BodyFrame, targets: dict, height_cm: float, grid: Grid, factor: int
+    frame: BodyFrame,
+    targets: dict,
+    height_cm: float,
+    grid: Grid,
+    factor: int,
+    variation: ShapeVariation | None = None,
 ) -> list[EllipseStack]:
     """Every shape of the phantom in painting order (targets last, psoas on top)."""
-    targets_list = target_shapes(frame, targets, height_cm, grid, factor)
+    targets_list = target_shapes(frame, targets, height_cm, grid, factor, variation)
     psoas_by_side = {
         s.name.rsplit("_", 1)[1]: s for s in targets_list if s.name.startswith("psoas")
     }
