@@ -92,15 +92,12 @@ def test_in_phase_marrow_over_muscle_spans_one_to_two_and_beyond(renders):
     assert np.sum((np.array(measured) > 1.2) & (np.array(measured) < 1.9)) >= 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: near the left hip the fattiest voxel holds FF 0.665 where femoral marrow "
-    "was drawn 0.783 (ukbb seed 18): femoral-head marrow is not where the test looks for it",
-)
 def test_fat_fractions_in_the_images_are_the_drawn_ones(renders):
     """F / (W + F) of the noiseless Dixon maps inside psoas and femoral-head marrow equals
     the signal fat fraction the drawn appearance gives (T1-weighted, so not the
-    proton-density one); and marrow fat rises with age as drawn."""
+    proton-density one); and marrow fat rises with age as drawn. Participant 10 (atlas
+    body 20) is the one whose gluteus maximus would cover its femoral head if muscles
+    were painted over bone."""
     for row, appearance, grid, phantom in renders:
         signals = appearance.signal_record(row)
         ff = phantom.fat / np.maximum(phantom.water + phantom.fat, 1e-6)
@@ -121,11 +118,6 @@ def test_fat_fractions_in_the_images_are_the_drawn_ones(renders):
     assert np.corrcoef(ages, marrow)[0, 1] > 0.3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the label map of a deformed gluteus minimus falls 1.8 % short of its "
-    "supersampled truth (217.8 vs 221.7 ml, small grid); the builder's thinning limits",
-)
 def test_randomised_shapes_keep_exact_truth(renders):
     """Truth volumes are the supersampled counts; the label map holds them (within 1 %
     and 4 voxels, as for the standard anatomy); the iliopsoas and gluteus targets hold
@@ -137,8 +129,9 @@ def test_randomised_shapes_keep_exact_truth(renders):
             assert truth == pytest.approx(phantom.slice_ml[value].sum(), rel=1e-12)
             volume = (phantom.labels == value).sum() * grid.voxel_volume_ml
             assert volume == pytest.approx(truth, rel=0.01), name
-            # Deformed shapes thin less freely than the template: measured up to 10 voxels.
-            assert abs(volume - truth) <= 12 * grid.voxel_volume_ml, name
+            # Measured up to 3.8 voxels (here and over all 30 of seed 18); in participants
+            # 2 and 10 (atlas body 20) the minimus is enclosed in the medius: trading fills it.
+            assert abs(volume - truth) <= 4 * grid.voxel_volume_ml, name
         for side in ("left", "right"):
             total = sum(phantom.truth[f"vol_{m}_{side}_ml"] for m in ("psoas_major", "iliacus"))
             target = row[f"vol_psoas_major_{side}_ml"] + row[f"vol_iliacus_{side}_ml"]

@@ -119,7 +119,10 @@ def render_participant(
     for n, s in enumerate(shapes, start=1):
         label_of_shape[n] = LABELS.get(s.tissue, 0)
     f = SUPERSAMPLE
-    label_map = labelmap.LabelMapBuilder(grid.shape, max(LABELS.values()) + 1, f)
+    # Randomised shapes can enclose a label in another, which only trading fills; the
+    # standard phantom keeps the label maps it has always had.
+    trade = appearance is not None
+    label_map = labelmap.LabelMapBuilder(grid.shape, max(LABELS.values()) + 1, f, trade)
     for chunk in render_chunks(shapes, grid, f, allowed=frame.interior):
         covered = block_mean((chunk.labels > 0).astype(np.float32), f)
         part = slice(chunk.k0, chunk.k1)
