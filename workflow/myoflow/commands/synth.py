@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -102,6 +103,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="damage this fraction of participants, one bad-input case each (bad_inputs.tsv)",
     )
     parser.add_argument(
+        "--appearance",
+        choices=("standard", "randomised"),
+        default="standard",
+        help="standard: one fixed look; randomised: per participant a drawn sequence "
+        "(1.5/3 T, TR, flip, echo times), tissue signals, slice spacing 3-6 mm, blur, bias, "
+        "noise, encoding and muscle shapes, recorded in truth.tsv (docs/appearance.md)",
+    )
+    parser.add_argument(
         "--workers", type=_positive, default=1, help="participants rendered in parallel"
     )
     parser.set_defaults(func=run)
@@ -124,9 +133,16 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         noiseless=args.noiseless,
         bad_inputs=args.bad_inputs,
+        appearance=args.appearance,
     )
     started = time.perf_counter()
-    truth = generate_cohort(spec)
+    try:
+        truth = generate_cohort(spec)
+    except ValueError as err:
+        if not (args.truth_only and args.appearance != "standard"):
+            raise
+        print(f"myoflow synth: {err}", file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - started
     with_artefacts = int((truth["artefacts"] != "none").sum())
     mode = "truth only" if args.truth_only else f"{args.size} DICOM"

@@ -12,9 +12,20 @@ psoas major (exact from its CSA profile) > iliacus > gluteus minimus > medius > 
 Neighbouring muscles with the same tissue signal (erector spinae, quadratus lumborum,
 piriformis, the hip and thigh muscles of the body layer) touch the targets, so only
 anatomy, not intensity, separates them.
+
+With a randomised shape (:class:`~myoflow.synth.shape_variation.ShapeVariation`) the
+bones are painted over the glutei and iliacus (which are calibrated under them), so
+those never replace bone; the psoas, exact from its profile, still comes last. The
+standard anatomy keeps its order and output: where the posterior skin lies close to the
+hips (atlas body 20: 84-97 mm behind the hip centre in seed 18) its gluteus maximus,
+placed from the skin inwards, covers most of the femoral head and neck and its medius
+most of the ilium, leaving hardly any femoral-head marrow and the minimus enclosed in
+the medius.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,6 +39,7 @@ from myoflow.synth.body_frame import (
     spine_y,
 )
 from myoflow.synth.geometry import Grid
+from myoflow.synth.shape_variation import ShapeVariation
 from myoflow.synth.shapes import EllipseStack, paint, stack, subsample_centres
 from myoflow.synth.skeleton import iliac_wing, pelvis_and_femur_shapes, spine_shapes
 
@@ -38,8 +50,16 @@ TARGET_MUSCLES = ("gluteus_maximus", "gluteus_medius", "gluteus_minimus", "iliac
 PSOAS_ASPECT = 1.25  # lateral over antero-posterior semi-axis of the psoas cross-section
 
 
-def psoas(frame: BodyFrame, side: str, csa_max_cm2: float, height_cm: float) -> EllipseStack:
-    """Psoas major from the lesser trochanter to T12, its CSA following the shared profile."""
+def psoas(
+    frame: BodyFrame,
+    side: str,
+    csa_max_cm2: float,
+    height_cm: float,
+    t_max: float = psoas_profile.T_MAX,
+    aspect: float = PSOAS_ASPECT,
+) -> EllipseStack:
+    """Psoas major from the lesser trochanter to T12, its CSA following the shared profile
+    (peak at ``t_max`` of its length, lateral over antero-posterior axis ``aspect``)."""
     k, sign = frame.k, (1.0 if side == "left" else -1.0)
     hip = frame.hip(side)
     u_h, y_h, z_h = abs(hip[0] - frame.x_mid), hip[1], hip[2]
@@ -47,9 +67,9 @@ def psoas(frame: BodyFrame, side: str, csa_max_cm2: float, height_cm: float) -> 
     z_ins = z_h - psoas_profile.INSERTION_BELOW_HIP_MM_AT_170CM * k
     t = np.linspace(0.0, 1.0, 161)
     z = z_ins + t * length
-    area = csa_max_cm2 * 100.0 * psoas_profile.relative_csa(t)
-    a = np.sqrt(area * PSOAS_ASPECT / np.pi)
-    b = np.sqrt(area / (PSOAS_ASPECT * np.pi))
+    area = csa_max_cm2 * 100.0 * psoas_profile.relative_csa(t, t_max)
+    a = np.sqrt(area * aspect / np.pi)
+    b = np.sqrt(area / (aspect * np.pi))
     # Path: hugging the vertebral bodies above the pelvis, over the brim, anterior to
     # the femoral head, and back to the lesser trochanter.
     h_ctrl = np.array([z_ins - z_h, -30 * k, 0.0, 60 * k, 132 * k, 220 * k, z_ins - z_h + length])
@@ -359,50 +379,105 @@ def rendered_volume_ml(
     return float(np.count_nonzero(visible)) * sample_ml
 
 
+def varied_psoas(
+    frame: BodyFrame, side: str, volume_ml: float, height_cm: float, variation: ShapeVariation
+) -> EllipseStack:
+    """A psoas major of ``volume_ml`` with ``variation``'s profile, aspect and deformation."""
+    unit = psoas(frame, side, 1.0, height_cm, variation.psoas_t_max, variation.psoas_aspect)
+    csa = volume_ml / unit.volume_ml()  # the path hugs the spine by the muscle's own size
+    shape = psoas(frame, side, csa, height_cm, variation.psoas_t_max, variation.psoas_aspect)
+    shape = variation.deform(shape, "psoas_major", side, frame.k)
+    return shape.scaled(float(np.sqrt(volume_ml / shape.volume_ml())))
+
+
 def target_shapes(
-    frame: BodyFrame, targets: dict, height_cm: float, grid: Grid, factor: int
+    frame: BodyFrame,
+    targets: dict,
+    height_cm: float,
+    grid: Grid,
+    factor: int,
+    variation: ShapeVariation | None = None,
+    bones: Sequence[EllipseStack] = (),
 ) -> list[EllipseStack]:
-    """All target muscles of both sides, sized to ``targets``, in painting order."""
-    by_side: dict[str, dict[str, EllipseStack]] = {}
+    """All target muscles of both sides, sized to ``targets``, in painting order.
+
+    With a ``variation`` the psoas share, the psoas profile and every muscle's shape are
+    randomised (:mod:`myoflow.synth.shape_variation`); the iliopsoas and gluteus volumes
+    stay the targets'. ``bones`` are shapes painted over the targets bar the psoas
+    (randomised shapes only; the standard anatomy paints none over them): the iliacus and
+    glutei are calibrated to their volumes under them.
+    """
+    raw: dict[tuple[str, str], EllipseStack] = {}
+    volumes: dict[tuple[str, str], float] = {}
     for side in SIDES:
-        ps = psoas(frame, side, targets[f"psoas_max_csa_{side}_cm2"], height_cm)
-        raw = {"psoas_major": ps, "iliacus": iliacus(frame, side, ps)}
-        raw.update(
+        side_volumes = {m: targets.get(f"vol_{m}_{side}_ml") for m in TARGET_MUSCLES}
+        if variation is None:
+            ps = psoas(frame, side, targets[f"psoas_max_csa_{side}_cm2"], height_cm)
+        else:
+            planned = float(
+                psoas_profile.psoas_volume_ml(targets[f"psoas_max_csa_{side}_cm2"], height_cm)
+            )
+            side_volumes["psoas_major"], side_volumes["iliacus"] = variation.split_iliopsoas(
+                planned, targets[f"vol_iliacus_{side}_ml"]
+            )
+            ps = varied_psoas(frame, side, side_volumes["psoas_major"], height_cm, variation)
+        shapes = {"psoas_major": ps, "iliacus": iliacus(frame, side, ps)}
+        shapes.update(
             zip(
                 ("gluteus_maximus", "gluteus_medius", "gluteus_minimus"),
                 gluteals(frame, side),
                 strict=True,
             )
         )
-        done = {"psoas_major": ps}
-        # Calibrate from the highest priority down: each muscle only loses volume to the
-        # ones painted after it, which are final by then.
-        for muscle in reversed(TARGET_MUSCLES[:-1]):
-            above = [done[m] for m in TARGET_MUSCLES[TARGET_MUSCLES.index(muscle) + 1 :]]
-            done[muscle] = calibrate(
-                raw[muscle],
-                above,
-                targets[f"vol_{muscle}_{side}_ml"],
-                grid,
-                factor,
-                frame.interior,
+        if variation is not None:  # the psoas is deformed already (varied_psoas)
+            shapes.update(
+                {m: variation.deform(shapes[m], m, side, frame.k) for m in TARGET_MUSCLES[:-1]}
             )
-        by_side[side] = done
-    return [by_side[side][m] for m in TARGET_MUSCLES for side in SIDES]
+        raw |= {(m, side): shape for m, shape in shapes.items()}
+        volumes |= {(m, side): side_volumes[m] for m in TARGET_MUSCLES}
+    if variation is None:
+        # The standard anatomy sizes each side on its own, as it always has.
+        groups = [[(m, side) for m in TARGET_MUSCLES[:-1]] for side in SIDES]
+    else:
+        # Randomised shapes can grow across the midline: size them in painting order.
+        groups = [[(m, side) for m in TARGET_MUSCLES[:-1] for side in SIDES]]
+    done = {key: raw[key] for key in raw if key[0] == "psoas_major"}
+    for group in groups:
+        sides = {side for _, side in group}
+        on_top = [*bones, *(done[("psoas_major", side)] for side in SIDES if side in sides)]
+        # Calibrate from the highest priority down: each muscle only loses volume to the
+        # shapes painted after it, which are final by then.
+        for n in reversed(range(len(group))):
+            above = [done[key] for key in group[n + 1 :]] + on_top
+            done[group[n]] = calibrate(
+                raw[group[n]], above, volumes[group[n]], grid, factor, frame.interior
+            )
+    return [done[(m, side)] for m in TARGET_MUSCLES for side in SIDES]
 
 
 def build_shapes(
-    frame: BodyFrame, targets: dict, height_cm: float, grid: Grid, factor: int
+    frame: BodyFrame,
+    targets: dict,
+    height_cm: float,
+    grid: Grid,
+    factor: int,
+    variation: ShapeVariation | None = None,
 ) -> list[EllipseStack]:
-    """Every shape of the phantom in painting order (targets last, psoas on top)."""
-    targets_list = target_shapes(frame, targets, height_cm, grid, factor)
+    """Every shape of the phantom in painting order: targets last, psoas on top; with a
+    ``variation`` the bones come after the glutei and iliacus, under the psoas."""
+    bones = spine_shapes(frame)
+    for side in SIDES:
+        bones += pelvis_and_femur_shapes(frame, side)
+    on_top = [] if variation is None else bones
+    targets_list = target_shapes(frame, targets, height_cm, grid, factor, variation, on_top)
     psoas_by_side = {
         s.name.rsplit("_", 1)[1]: s for s in targets_list if s.name.startswith("psoas")
     }
     shapes = visceral_shapes(frame)
     for side in SIDES:
         shapes += neighbour_muscles(frame, side, psoas_by_side[side])
-    shapes += spine_shapes(frame)
-    for side in SIDES:
-        shapes += pelvis_and_femur_shapes(frame, side)
-    return shapes + targets_list
+    if variation is None:
+        return shapes + bones + targets_list
+    psoas_last = [s for s in targets_list if s.name.startswith("psoas_major")]
+    under = [s for s in targets_list if not s.name.startswith("psoas_major")]
+    return shapes + under + bones + psoas_last

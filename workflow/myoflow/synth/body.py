@@ -9,7 +9,7 @@ Boundaries are soft (partial volume) so voxels at tissue edges mix their neighbo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -78,10 +78,13 @@ def body_layer(
     frame: BodyFrame,
     targets: Mapping[str, float],
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Noiseless water and fat signal of the body layer (float32, grid shape).
+    signal: Callable[[str], Sequence[float]] | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Noiseless signal of the body layer (float32, grid shape), one array per component.
 
-    ``depth`` is :func:`inside_distance_mm` of ``body``.
+    ``depth`` is :func:`inside_distance_mm` of ``body``. ``signal(tissue)`` gives each
+    tissue's components (default: water and fat of :func:`water_fat`); they are mixed
+    linearly, so any components that partial volumes mix linearly may be rendered.
     """
     k = frame.k
     h = grid.axis_mm(2) - frame.z_hip
@@ -92,19 +95,22 @@ def body_layer(
     under_fat = _soft_step(depth, sat, width)
     core = _soft_step(depth, sat + wall, width)
 
-    fat_w, fat_f = water_fat("fat", targets)
-    mus_w, mus_f = water_fat("muscle", targets)
-    org_w, org_f = water_fat("visceral", targets)
-    lung_w, lung_f = water_fat("lung", targets)
+    if signal is None:
+
+        def signal(tissue: str) -> Sequence[float]:
+            return water_fat(tissue, targets)
+
     shoulder = frame.shoulder_z_mm - frame.z_hip
     abdomen = ((h > 40 * k) & (h <= DIAPHRAGM_ABOVE_HIP_MM * k))[None, None, :]
     thorax = ((h > DIAPHRAGM_ABOVE_HIP_MM * k) & (h < shoulder - 30 * k))[None, None, :]
     share = visceral_fat_share(body.shape, float(targets["vat_fraction"]), rng)
-    core_w = np.where(abdomen, share * fat_w + (1 - share) * org_w, np.where(thorax, lung_w, mus_w))
-    core_f = np.where(abdomen, share * fat_f + (1 - share) * org_f, np.where(thorax, lung_f, mus_f))
-
-    inner_w = (1 - core) * mus_w + core * core_w
-    inner_f = (1 - core) * mus_f + core * core_f
-    water = skin * ((1 - under_fat) * fat_w + under_fat * inner_w)
-    fat = skin * ((1 - under_fat) * fat_f + under_fat * inner_f)
-    return water.astype(np.float32), fat.astype(np.float32)
+    out = []
+    for fat_c, mus_c, org_c, lung_c in zip(
+        signal("fat"), signal("muscle"), signal("visceral"), signal("lung"), strict=True
+    ):
+        core_c = np.where(
+            abdomen, share * fat_c + (1 - share) * org_c, np.where(thorax, lung_c, mus_c)
+        )
+        inner_c = (1 - core) * mus_c + core * core_c
+        out.append((skin * ((1 - under_fat) * fat_c + under_fat * inner_c)).astype(np.float32))
+    return tuple(out)

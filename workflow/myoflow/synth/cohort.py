@@ -17,7 +17,6 @@ Layout of ``OUT``:
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -32,8 +31,18 @@ from myoflow import __version__
 from myoflow.core.io import save_nifti, write_json, write_tsv
 from myoflow.core.labels import LABELS
 from myoflow.synth import atlas, corrupt, phenotypes, psoas_profile
-from myoflow.synth.dicom_writer import PatientInfo, SeriesInfo, write_series, zip_directory
-from myoflow.synth.geometry import Protocol, protocol
+from myoflow.synth.appearance_render import (
+    acquisition_protocol,
+    appearance_truth,
+    cohort_appearance,
+    header_overrides,
+    noise_sigma,
+    noiseless_channels,
+    pixel_encoding,
+    station_images,
+)
+from myoflow.synth.delivery import publish, write_stations
+from myoflow.synth.geometry import protocol
 from myoflow.synth.identifiers import planted_identifiers
 from myoflow.synth.planted import planted_effects
 from myoflow.synth.render import render_participant
@@ -44,7 +53,6 @@ from myoflow.synth.signal import (
     bias_field,
     sample_artefacts,
     station_channels,
-    station_grid,
 )
 
 
@@ -66,6 +74,7 @@ class CohortSpec:
     workers: int = 1
     noiseless: bool = False  # also write truth/{participant}/water_noiseless.nii.gz
     bad_inputs: float = 0.0  # fraction of participants given one case of corrupt.CASES
+    appearance: str = "standard"  # or "randomised" (myoflow.synth.appearance)
 
 
 def planned_hips(table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -146,7 +155,8 @@ def truth_columns(available: Iterable[str]) -> list[str]:
     ]
     order += ["artefact_missing_station", "artefact_missing_channel"]
     available = list(available)
-    return [c for c in order if c in available]
+    drawn = [c for c in available if c.startswith(("appearance", "shape_"))]
+    return [c for c in order if c in available] + drawn
 
 
 def _participant_job(args: tuple[CohortSpec, dict, int, dict, str]) -> dict:
@@ -179,28 +189,57 @@ def generate_participant(
     from myoflow.synth.signal import Artefacts
 
     proto = protocol(spec.protocol, spec.size)
-    grid = proto.grid
     artefacts = Artefacts(**artefact_fields)
-    phantom = render_participant(row, grid, participant_rng(spec.seed, index, "texture"))
+    appearance = cohort_appearance(spec.appearance, spec.seed, index, row, len(proto.stations))
+    if appearance is not None:
+        proto = acquisition_protocol(spec.protocol, spec.size, appearance)
+    grid = proto.grid
+    texture_rng = participant_rng(spec.seed, index, "texture")
+    phantom = render_participant(row, grid, texture_rng, appearance)
     pid = row["participant_id"]
     patient = planted_identifiers(spec.seed, index, pd.Series(row))
     noise_rng = participant_rng(spec.seed, index, "noise")
     dicom_root = spec.out / "dicom"
     dicom_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{pid}.", dir=dicom_root))
-    # One coil sensitivity over the whole body: what every station sees where it overlaps.
-    bias = bias_field(grid.shape, participant_rng(spec.seed, index, "bias"))
-    water, fat = phantom.water * bias, phantom.fat * bias
+    bias_rng = participant_rng(spec.seed, index, "bias")
+    extra: dict[str, object] = {}
+    if appearance is None:
+        # One coil sensitivity over the whole body: what every station sees where it overlaps.
+        bias = bias_field(grid.shape, bias_rng)
+        water, fat = phantom.water * bias, phantom.fat * bias
+
+        def images(station):
+            return station_channels(water, fat, station, artefacts, noise_rng)
+
+        writing: dict = {}
+    else:
+        clean, gain = noiseless_channels(phantom, appearance, grid, bias_rng)
+        water = clean["water"]
+        sigma = noise_sigma(appearance, row, gain)
+        field_rng = participant_rng(spec.seed, index, "station-fields")
+
+        def images(station):
+            return station_images(
+                clean, station, appearance, artefacts, sigma, field_rng, noise_rng
+            )
+
+        writing = {
+            "encoding": pixel_encoding(appearance),
+            "overrides": lambda channel: header_overrides(appearance, channel),
+        }
+        extra = appearance_truth(appearance, row, gain, grid)
     swapped = 0.0
     detail = ""
     damage_rng = participant_rng(spec.seed, index, "damage")
     try:
-        swapped = _write_stations(
-            proto, water, fat, artefacts, noise_rng, staging, spec, pid, patient
-        )
+        swapped = write_stations(
+            proto, images, artefacts, staging, spec.protocol, f"{spec.seed}:{pid}", patient,
+            **writing,
+        )  # fmt: skip
         if case in corrupt.DICOM_CASES:
             detail = corrupt.DICOM_CASES[case][0](staging, damage_rng)
-        _publish(staging, dicom_root, pid, spec.zip or case == corrupt.ZIP_CASE)
+        publish(staging, dicom_root, pid, spec.zip or case == corrupt.ZIP_CASE)
         if case == corrupt.ZIP_CASE:
             detail = corrupt.corrupt_zip(dicom_root / f"{pid}.zip", damage_rng)
     finally:
@@ -229,6 +268,7 @@ def generate_participant(
     ):
         truth[f"ff_{muscle}"] = float(row[f"ff_{muscle}"])
     truth["artefact_partial_swap_fraction"] = swapped
+    truth.update(extra)
     truth["bad_input_detail"] = detail
     if spec.preview and index == spec.first_index:
         from myoflow.synth.preview import render_preview
@@ -249,63 +289,13 @@ def generate_participant(
     return truth
 
 
-def _write_stations(
-    proto: Protocol,
-    water: np.ndarray,
-    fat: np.ndarray,
-    artefacts,
-    rng,
-    staging: Path,
-    spec: CohortSpec,
-    pid: str,
-    patient: PatientInfo,
-) -> float:
-    """Write every delivered series of one participant; return the partial-swap fraction."""
-    swapped = 0.0
-    direction = np.eye(3)
-    for station in proto.stations:
-        channels, fraction = station_channels(water, fat, station, artefacts, rng)
-        if artefacts.partial_swap_station == station.number:
-            swapped = fraction
-        if artefacts.missing_station == station.number:
-            continue
-        sub_grid = station_grid(proto.grid, station)
-        for c, channel in enumerate(CHANNELS):
-            if artefacts.missing_channel == f"{channel}@{station.number}":
-                continue
-            number = (station.number - 1) * len(CHANNELS) + c + 1
-            series = SeriesInfo(
-                protocol=spec.protocol,
-                channel=channel,
-                station=station.number,
-                series_number=number,
-                uid_seed=f"{spec.seed}:{pid}",
-            )
-            write_series(
-                channels[channel],
-                origin_lps_mm=np.array(sub_grid.origin_lps_mm),
-                spacing_mm=np.array(sub_grid.spacing_mm),
-                direction=direction,
-                out_dir=staging / f"S{number:03d}",
-                series=series,
-                patient=patient,
-            )
-    return swapped
-
-
-def _publish(staging: Path, dicom_root: Path, pid: str, as_zip: bool) -> None:
-    """Move a finished participant into place in one rename (or one atomic zip write)."""
-    final_dir, final_zip = dicom_root / pid, dicom_root / f"{pid}.zip"
-    shutil.rmtree(final_dir, ignore_errors=True)
-    final_zip.unlink(missing_ok=True)
-    if as_zip:
-        zip_directory(staging, final_zip)
-    else:
-        os.replace(staging, final_dir)
-
-
 def generate_cohort(spec: CohortSpec) -> pd.DataFrame:
     """Generate the cohort described by ``spec``; return its truth table."""
+    if spec.truth_only and spec.appearance != "standard":
+        raise ValueError(
+            "--truth-only predicts the standard anatomy; a randomised appearance changes the "
+            "shapes it renders, so it needs images (drop --truth-only)"
+        )
     table = phenotypes.sample_cohort(
         spec.seed,
         spec.participants,
@@ -420,7 +410,7 @@ def _rounded(table: pd.DataFrame) -> pd.DataFrame:
 def manifest(spec: CohortSpec) -> dict:
     """What was generated, how, and what population effects were planted."""
     proto = protocol(spec.protocol, spec.size)
-    return {
+    out = {
         "generator": "myoflow synth",
         "version": __version__,
         "protocol": spec.protocol,
@@ -449,3 +439,12 @@ def manifest(spec: CohortSpec) -> dict:
         },
         "planted_effects": planted_effects(spec.protocol),
     }
+    if spec.appearance != "standard":
+        # Grids and stations differ per participant: truth.tsv's appearance_* columns.
+        out["appearance"] = {
+            "mode": spec.appearance,
+            "note": "each participant's slice spacing, sequence, tissue signals, fields, "
+            "noise, encoding and shape variation are in truth.tsv (appearance_*, shape_*); "
+            "grid and stations above are the protocol's before reslicing; docs/appearance.md",
+        }
+    return out

@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,8 +152,38 @@ def _check_geometry(
         raise ValueError("direction columns must be orthonormal")
 
 
-def _rescale(volume: np.ndarray) -> tuple[str, np.ndarray]:
-    """Choose the series RescaleSlope and quantise the volume to 12-bit stored values.
+@dataclass(frozen=True)
+class PixelEncoding:
+    """How a series stores its pixels: bits stored and the rescale slope.
+
+    Attributes:
+        bits_stored: 12 (Siemens, Philips) or 16 (GE and others); 16 bits are allocated.
+        fit_slope: choose the RescaleSlope per series so its maximum is stored as
+            ``target_max`` (Siemens-like here, Philips in practice); otherwise the slope
+            is 1 and the volume is stored as rounded integers, clipped at the top of the
+            bit depth (the caller scales it into range).
+        target_max: stored value of the series maximum when ``fit_slope``.
+    """
+
+    bits_stored: int = _BITS_STORED
+    fit_slope: bool = True
+    target_max: int = _TARGET_MAX_STORED
+
+    def __post_init__(self) -> None:
+        if self.bits_stored not in (12, 16):
+            raise ValueError(f"bits_stored must be 12 or 16, got {self.bits_stored}")
+        if not 1 <= self.target_max < (1 << self.bits_stored):
+            raise ValueError(f"target_max {self.target_max} does not fit {self.bits_stored} bits")
+
+
+DEFAULT_ENCODING = PixelEncoding()
+"""12 bits stored, the slope fitted per series (what the standard generator writes)."""
+
+
+def _rescale(
+    volume: np.ndarray, encoding: PixelEncoding = DEFAULT_ENCODING
+) -> tuple[str, np.ndarray]:
+    """Choose the series RescaleSlope and quantise the volume to stored values.
 
     The slope is printed to six significant digits and the volume is divided by the
     printed value, so a reader multiplying by the header slope recovers each voxel to
@@ -163,9 +193,12 @@ def _rescale(volume: np.ndarray) -> tuple[str, np.ndarray]:
         (slope as DS string, uint16 array of stored values, same shape as ``volume``).
     """
     vmax = float(volume.max())
-    slope_text = "1" if vmax == 0 else f"{vmax / _TARGET_MAX_STORED:.6g}"
+    if encoding.fit_slope and vmax > 0:
+        slope_text = f"{vmax / encoding.target_max:.6g}"
+    else:
+        slope_text = "1"
     stored = np.rint(volume.astype(np.float64) / float(slope_text))
-    return slope_text, np.clip(stored, 0, _MAX_STORED).astype("<u2")
+    return slope_text, np.clip(stored, 0, (1 << encoding.bits_stored) - 1).astype("<u2")
 
 
 def _series_dataset(
@@ -177,6 +210,8 @@ def _series_dataset(
     direction: np.ndarray,
     slope: str,
     window_max: float,
+    bits_stored: int = _BITS_STORED,
+    overrides: Mapping[str, object] | None = None,
 ) -> Dataset:
     """Build the dataset shared by all slices; per-slice elements are set later."""
     nx, ny, _ = shape
@@ -235,6 +270,7 @@ def _series_dataset(
     for keyword, value in {
         **scanner_tags(series.protocol),
         **channel_tags(series.protocol, series.channel, series.station),
+        **(overrides or {}),
     }.items():
         setattr(ds, keyword, value)
     ds.SliceThickness = _ds(spacing[2], 6)
@@ -256,8 +292,8 @@ def _series_dataset(
     ds.Columns = nx
     ds.PixelSpacing = [_ds(spacing[1], 6), _ds(spacing[0], 6)]
     ds.BitsAllocated = 16
-    ds.BitsStored = _BITS_STORED
-    ds.HighBit = _BITS_STORED - 1
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
     # Window in rescaled (output) units, covering the whole series range.
     width = max(1, round(window_max))
@@ -278,6 +314,8 @@ def write_series(
     out_dir: str | Path,
     series: SeriesInfo,
     patient: PatientInfo,
+    encoding: PixelEncoding = DEFAULT_ENCODING,
+    overrides: Mapping[str, object] | None = None,
 ) -> list[Path]:
     """Write ``volume`` as one DICOM series, one file per k slice.
 
@@ -290,6 +328,9 @@ def write_series(
             of an earlier, longer series in the same folder are not removed.
         series: protocol, channel, station, series number and UID seed.
         patient: planted identifiers and study date/time.
+        encoding: bits stored and rescale slope (default: 12 bits, slope fitted).
+        overrides: DICOM keyword -> value replacing the protocol's scanner and channel
+            tags (a randomised appearance's field strength, TR, flip angle, echo time).
 
     Returns:
         Paths of the written files in slice order.
@@ -303,7 +344,7 @@ def write_series(
     direction = np.asarray(direction, dtype=np.float64)
     _check_geometry(volume, spacing, direction, origin)
 
-    slope, stored = _rescale(volume)
+    slope, stored = _rescale(volume, encoding)
     ds = _series_dataset(
         series=series,
         patient=patient,
@@ -312,6 +353,8 @@ def write_series(
         direction=direction,
         slope=slope,
         window_max=float(stored.max()) * float(slope),
+        bits_stored=encoding.bits_stored,
+        overrides=overrides,
     )
     # (nz, ny, nx) C order: each slice's bytes are already DICOM row-major.
     slices = np.ascontiguousarray(stored.transpose(2, 1, 0))

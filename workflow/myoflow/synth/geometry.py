@@ -103,3 +103,20 @@ def protocol(name: str, size: str = "full") -> Protocol:
     origin = tuple(float(v) for v in centre - (shape - 1) / 2 * np.array(spacing))
     grid = Grid((in_plane[0], in_plane[1], slices), spacing, origin)
     return Protocol(name, grid, _stations(counts, slices))
+
+
+def resliced(proto: Protocol, slice_mm: float) -> Protocol:
+    """``proto`` with slices ``slice_mm`` apart over the same field of view and centre.
+
+    Each station keeps its share of the field of view (its slice count scaled and
+    rounded up, so neighbouring stations still overlap), as a protocol with thicker
+    slices would cover the body in the same table positions.
+    """
+    grid = proto.grid
+    old_mm = grid.spacing_mm[2]
+    nz = int(round(grid.shape[2] * old_mm / slice_mm))
+    centre = grid.origin_lps_mm[2] + (grid.shape[2] - 1) / 2 * old_mm
+    origin = (grid.origin_lps_mm[0], grid.origin_lps_mm[1], centre - (nz - 1) / 2 * slice_mm)
+    counts = [int(np.ceil(s.count * old_mm / slice_mm)) for s in proto.stations]
+    new_grid = Grid((grid.shape[0], grid.shape[1], nz), (*grid.spacing_mm[:2], slice_mm), origin)
+    return Protocol(proto.name, new_grid, _stations(counts, nz))

@@ -6,7 +6,10 @@ a muscle only grazes is never its own, while the voxels it fills count once eith
 Here each label holds, slice by slice, its exact volume rounded to whole voxels: every
 voxel a label touches starts as that label, each label's least covered voxels are
 thinned away where that splits nothing, and labels still short grow into the background
-voxels touching them that they cover most.
+voxels touching them that they cover most. A label enclosed by another (a gluteus
+minimus inside the medius, with no background around it) can only grow into its
+neighbour's voxels; with ``trade`` it takes them, and the neighbour grows back into its
+own background (:func:`_trade`).
 
 :class:`LabelMapBuilder` runs the steps: per block of slices :func:`labelled_box`,
 :func:`voxel_sample_counts`, :func:`covered_labels` and :func:`voxel_coverage`; then
@@ -139,8 +142,10 @@ class LabelMapBuilder:
     """Builds a grid's count-preserving label map from its supersampled labels, added a
     block of whole slices at a time (so a render never holds the whole canvas)."""
 
-    def __init__(self, shape: tuple[int, int, int], n_labels: int, factor: int) -> None:
-        self.shape, self.n_labels, self.factor = shape, n_labels, factor
+    def __init__(
+        self, shape: tuple[int, int, int], n_labels: int, factor: int, trade: bool = False
+    ) -> None:
+        self.shape, self.n_labels, self.factor, self.trade = shape, n_labels, factor, trade
         self.labels = np.zeros(shape, dtype=np.uint8)
         self.sample_counts = np.zeros((n_labels, shape[2]), dtype=np.int64)
         self.coverage: list[Coverage] = []
@@ -166,12 +171,17 @@ class LabelMapBuilder:
         if not self.coverage:
             return self.labels, self.sample_counts
         targets = slice_targets(self.sample_counts, self.factor)
-        labels = count_preserving_labels(self.labels, join_coverage(self.coverage), targets)
+        coverage = join_coverage(self.coverage)
+        labels = count_preserving_labels(self.labels, coverage, targets, trade=self.trade)
         return labels, self.sample_counts
 
 
 def count_preserving_labels(
-    start: np.ndarray, coverage: Coverage, targets: np.ndarray, max_rounds: int = 64
+    start: np.ndarray,
+    coverage: Coverage,
+    targets: np.ndarray,
+    max_rounds: int = 64,
+    trade: bool = False,
 ) -> np.ndarray:
     """Labels holding ``targets`` voxels per label and slice as far as the partial volumes
     and the labels' connectivity allow, thinned and grown from ``start``.
@@ -185,13 +195,17 @@ def count_preserving_labels(
     most of it. A label never takes another's voxel, so none goes under target for
     another. Ties in coverage go to the voxel with most of the label around it in-plane
     (smoother outlines), then to a fixed hash of its position (no direction preferred):
-    the result is deterministic. Fully covered voxels are never given up.
+    the result is deterministic. Fully covered voxels are never given up. With
+    ``trade``, a label still under target then takes voxels it covers from a touching
+    label that can grow back into background by as many (:func:`_trade`).
 
     Args:
         start: uint8 labels, (nx, ny, nz).
         coverage: partial volumes of the grid's voxels (see :func:`voxel_coverage`).
         targets: voxels per label and slice, (n_labels, nz) (see :func:`slice_targets`).
-        max_rounds: most rounds of thinning, and of growing.
+        max_rounds: most rounds of thinning, of growing, and of trading.
+        trade: let labels still short take voxels from their neighbours (off: the map
+            the standard phantom has always had).
 
     Returns:
         uint8 labels, (nx, ny, nz); voxels outside ``coverage`` keep their ``start`` label.
@@ -207,6 +221,8 @@ def count_preserving_labels(
     state = _Assignment.build(start, coverage, targets)
     _thin(state, max_rounds)
     _grow(state, max_rounds)
+    if trade:
+        _trade(state, max_rounds)
     box = tuple(slice(a, b) for a, b in zip(state.lo, state.hi, strict=True))
     out[box] = state.labels[1:-1, 1:-1, 1:-1]
     return out
@@ -255,6 +271,7 @@ class _Assignment:
     support: np.ndarray
     per_voxel: int
     held: np.ndarray  # voxels per group now
+    n_slices: int  # groups are label * n_slices + slice
     wanted: np.ndarray  # voxels per group
     neighbours: np.ndarray  # flat offsets of the 26 neighbours in `labels`
 
@@ -288,6 +305,7 @@ class _Assignment:
             support=support,
             per_voxel=coverage.per_voxel,
             held=np.bincount(group[mine], minlength=wanted.size),
+            n_slices=int(start.shape[2]),
             wanted=wanted,
             neighbours=_STEPS @ (np.array(labels.strides) // labels.itemsize),
         )
@@ -352,6 +370,69 @@ def _grow(state: _Assignment, max_rounds: int) -> None:
         ]
         won = pairs[np.r_[True, state.at[pairs][1:] != state.at[pairs][:-1]]]
         state.set(won, state.label[won], +1)
+
+
+def _trade(state: _Assignment, max_rounds: int) -> None:
+    """Let groups still under target take voxels they cover and touch from another label
+    of the same slice, as many as that label can win back from background.
+
+    After thinning and growing, a label short of target has no background voxel it covers
+    and touches left: its remaining partial voxels are another label's. Such a voxel
+    changes hands only where the giver loses no connectivity (26-neighbourhood, one
+    parity class per round, as in :func:`_thin`), the giver is not itself short, and the
+    giver has, per taken voxel, a background voxel it covers and touches to grow into
+    (:func:`_grow` runs after every round). Every trade therefore moves a voxel's worth of
+    deficit to a label that is then made whole, and no label goes under target for good.
+    """
+    quiet = 0
+    for r in range(max_rounds):
+        deficit = state.wanted - state.held
+        pairs = np.flatnonzero(deficit[state.group] > 0)
+        giver = state.flat[state.at[pairs]].astype(np.int64)
+        keep = (giver != 0) & (giver != state.label[pairs]) & (state.parity[pairs] == r % 8)
+        pairs, giver = pairs[keep], giver[keep]
+        touching = state.neighbour_is_mine(pairs).any(axis=1)
+        pairs, giver = pairs[touching], giver[touching]
+        around = state.flat[state.at[pairs, None] + state.neighbours] == giver[:, None]
+        safe = _keeps_neighbours_connected(around)
+        pairs, giver = pairs[safe], giver[safe]
+        slice_of = state.group[pairs] - state.label[pairs] * state.n_slices
+        giver_group = giver * state.n_slices + slice_of
+        spare = np.maximum(state.held - state.wanted, 0) + _regrowable(state)
+        ok = deficit[giver_group] <= 0
+        pairs, giver_group = pairs[ok], giver_group[ok]
+        # Most covered first for the taker, then within what each giver can spare.
+        order = np.argsort(state.take_key[pairs])
+        pairs, giver_group = pairs[order], giver_group[order]
+        first = _rank_in_group(state.group[pairs]) < deficit[state.group[pairs]]
+        pairs, giver_group = pairs[first], giver_group[first]
+        by_giver = np.argsort(giver_group, kind="stable")
+        within = np.empty(pairs.size, dtype=bool)
+        within[by_giver] = _rank_in_group(giver_group[by_giver]) < spare[giver_group[by_giver]]
+        pairs, giver_group = pairs[within], giver_group[within]
+        if pairs.size == 0:
+            quiet += 1  # a round tries one parity class: stop after a quiet sweep of all
+            if quiet >= 8:
+                return
+            continue
+        quiet = 0
+        # One taker per voxel, as in growing: most coverage, most support, lowest label.
+        order = np.lexsort(
+            (state.label[pairs], -state.support[pairs], -state.samples[pairs], state.at[pairs])
+        )
+        pairs, giver_group = pairs[order], giver_group[order]
+        one = np.r_[True, state.at[pairs][1:] != state.at[pairs][:-1]]
+        pairs, giver_group = pairs[one], giver_group[one]
+        state.held -= np.bincount(giver_group, minlength=state.held.size)
+        state.set(pairs, state.label[pairs], +1)
+        _grow(state, max_rounds)
+
+
+def _regrowable(state: _Assignment) -> np.ndarray:
+    """Per group, the background voxels it covers that touch its label (what it can grow)."""
+    pairs = np.flatnonzero(state.flat[state.at] == 0)
+    pairs = pairs[state.neighbour_is_mine(pairs).any(axis=1)]
+    return np.bincount(state.group[pairs], minlength=state.held.size)
 
 
 def _keeps_neighbours_connected(mine: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ T_MAX = 0.55
 
 _EPS = 0.08  # keeps a tendon-sized area at the insertion instead of a point
 _Q = 3.0
-_P = _Q * (T_MAX + _EPS) / (1.0 - T_MAX)  # puts the maximum exactly at T_MAX
 
 PSOAS_LENGTH_MM_AT_170CM = 340.0
 """Cranio-caudal extent, lesser trochanter to T12, of a 170 cm adult (scales with height)."""
@@ -25,11 +24,16 @@ INSERTION_BELOW_HIP_MM_AT_170CM = 55.0
 """How far the lesser trochanter insertion lies below the hip joint centre at 170 cm."""
 
 
-def relative_csa(t: np.ndarray | float) -> np.ndarray:
-    """CSA divided by its maximum at fractions ``t`` (0 insertion .. 1 origin) of length."""
+def relative_csa(t: np.ndarray | float, t_max: float = T_MAX) -> np.ndarray:
+    """CSA divided by its maximum at fractions ``t`` (0 insertion .. 1 origin) of length.
+
+    ``t_max`` moves the peak (a randomised shape's profile); the default is the shared
+    profile's :data:`T_MAX`.
+    """
     t = np.clip(np.asarray(t, dtype=float), 0.0, 1.0)
-    rise = ((t + _EPS) / (T_MAX + _EPS)) ** _P
-    fall = ((1.0 - t) / (1.0 - T_MAX)) ** _Q
+    p = _Q * (t_max + _EPS) / (1.0 - t_max)  # puts the maximum exactly at t_max
+    rise = ((t + _EPS) / (t_max + _EPS)) ** p
+    fall = ((1.0 - t) / (1.0 - t_max)) ** _Q
     return rise * fall
 
 

@@ -24,8 +24,10 @@ import numpy as np
 from myoflow.core.labels import LABELS
 from myoflow.synth import atlas, labelmap
 from myoflow.synth.anatomy import build_shapes
+from myoflow.synth.appearance import Appearance
 from myoflow.synth.body import body_layer, inside_distance_mm, sat_profile_mm
 from myoflow.synth.body_frame import BodyFrame, posterior_skin
+from myoflow.synth.dixon_signal import COMPONENTS
 from myoflow.synth.geometry import Grid
 from myoflow.synth.shapes import EllipseStack, block_mean, render_chunks
 from myoflow.synth.tissues import water_fat
@@ -43,6 +45,7 @@ class Phantom:
     truth: dict[str, float]
     frame: BodyFrame
     slice_ml: np.ndarray  # (label value, slice): exact volume counted on the supersamples
+    echoes: dict[str, np.ndarray] | None = None  # randomised appearance: in/opp re and im
 
 
 def body_frame(
@@ -76,9 +79,18 @@ def body_frame(
 
 
 def render_participant(
-    participant: Mapping[str, float], grid: Grid, rng: np.random.Generator
+    participant: Mapping[str, float],
+    grid: Grid,
+    rng: np.random.Generator,
+    appearance: Appearance | None = None,
 ) -> Phantom:
-    """Render ``participant`` (phenotypes + targets, one row of the cohort) on ``grid``."""
+    """Render ``participant`` (phenotypes + targets, one row of the cohort) on ``grid``.
+
+    With an ``appearance`` (:mod:`myoflow.synth.appearance`) the target muscles take its
+    shape variation and every tissue its drawn signal: the phantom's ``water`` and
+    ``fat`` are then the Dixon maps and ``echoes`` holds the complex in-phase and
+    opposed-phase echoes (:data:`myoflow.synth.dixon_signal.COMPONENTS`).
+    """
     body = atlas.load_body(int(participant["atlas_body"]))
     height = float(participant["height_cm"])
     scaling = atlas.body_scaling(body, height, float(participant["weight_kg"]))
@@ -86,29 +98,54 @@ def render_participant(
     depth = inside_distance_mm(mask, grid)
     sat = float(participant["sat_thickness_mm"])
     frame = body_frame(body, scaling, mask, depth, grid, height, sat)
-    shapes = build_shapes(frame, participant, height, grid, SUPERSAMPLE)
-    water, fat = body_layer(mask, depth, grid, frame, participant, rng)
+    variation = None if appearance is None else appearance.shape
+    shapes = build_shapes(frame, participant, height, grid, SUPERSAMPLE, variation)
+    if appearance is None:
+        channels = list(body_layer(mask, depth, grid, frame, participant, rng))
+        signal = np.array(
+            [(0.0, 0.0)] + [water_fat(s.tissue, participant) for s in shapes], dtype=np.float32
+        )
+    else:
 
-    signal = np.array(
-        [(0.0, 0.0)] + [water_fat(s.tissue, participant) for s in shapes], dtype=np.float32
-    )
+        def components(tissue: str) -> tuple[float, ...]:
+            return appearance.components(tissue, participant)
+
+        channels = list(body_layer(mask, depth, grid, frame, participant, rng, components))
+        signal = np.array(
+            [(0.0,) * len(COMPONENTS)] + [components(shape_tissue(s)) for s in shapes],
+            dtype=np.float32,
+        )
     label_of_shape = np.zeros(len(shapes) + 1, dtype=np.uint8)
     for n, s in enumerate(shapes, start=1):
         label_of_shape[n] = LABELS.get(s.tissue, 0)
     f = SUPERSAMPLE
-    label_map = labelmap.LabelMapBuilder(grid.shape, max(LABELS.values()) + 1, f)
+    # Randomised shapes can enclose a label in another, which only trading fills; the
+    # standard phantom keeps the label maps it has always had.
+    trade = appearance is not None
+    label_map = labelmap.LabelMapBuilder(grid.shape, max(LABELS.values()) + 1, f, trade)
     for chunk in render_chunks(shapes, grid, f, allowed=frame.interior):
         covered = block_mean((chunk.labels > 0).astype(np.float32), f)
         part = slice(chunk.k0, chunk.k1)
-        water[:, :, part] = (
-            block_mean(signal[chunk.labels, 0], f) + (1 - covered) * water[:, :, part]
-        )
-        fat[:, :, part] = block_mean(signal[chunk.labels, 1], f) + (1 - covered) * fat[:, :, part]
+        for c, channel in enumerate(channels):
+            channel[:, :, part] = (
+                block_mean(signal[chunk.labels, c], f) + (1 - covered) * channel[:, :, part]
+            )
         label_map.add(label_of_shape[chunk.labels], chunk.k0)
     labels, sample_counts = label_map.finish()  # samples per label and slice
     truth = measure_truth(sample_counts, grid, f, frame, psoas_peak_z_mm(shapes))
     slice_ml = sample_counts * (grid.voxel_volume_ml / f**3)
-    return Phantom(water, fat, labels, truth, frame, slice_ml)
+    echoes = None if appearance is None else dict(zip(COMPONENTS[2:], channels[2:], strict=True))
+    return Phantom(channels[0], channels[1], labels, truth, frame, slice_ml, echoes)
+
+
+FEMORAL_BONES = ("femoral_head", "femoral_neck", "femur", "greater_trochanter", "lesser_trochanter")
+
+
+def shape_tissue(shape: EllipseStack) -> str:
+    """The tissue whose signal ``shape`` takes: femoral marrow is its own (fattier) tissue."""
+    if shape.tissue == "marrow" and shape.name.startswith(FEMORAL_BONES):
+        return "marrow_femoral"
+    return shape.tissue
 
 
 def psoas_peak_z_mm(shapes: Sequence[EllipseStack]) -> dict[str, float]:

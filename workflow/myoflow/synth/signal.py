@@ -120,8 +120,11 @@ def sample_artefacts(rng: np.random.Generator, n_stations: int, rates: ArtefactR
     return Artefacts(**fields)
 
 
-def bias_field(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-    """A smooth multiplicative coil sensitivity over a volume (mean ~1, within +-12 %).
+def bias_field(
+    shape: tuple[int, int, int], rng: np.random.Generator, amplitude: float = BIAS_AMPLITUDE
+) -> np.ndarray:
+    """A smooth multiplicative coil sensitivity over a volume (mean ~1, within
+    +-``amplitude``, 12 % by default).
 
     A second-order polynomial in normalised coordinates, exponentiated: smooth, positive,
     and separable enough to evaluate cheaply on a full station.
@@ -132,7 +135,7 @@ def bias_field(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndar
     terms = c[0] * x + c[1] * y + c[2] * z + c[3] * x * x + c[4] * y * y + c[5] * z * z
     terms = terms + c[6] * x * y + c[7] * x * z + c[8] * y * z
     peak = float(np.max(np.abs(terms))) or 1.0
-    return np.exp(terms * (BIAS_AMPLITUDE / peak)).astype(np.float32)
+    return np.exp(terms * (amplitude / peak)).astype(np.float32)
 
 
 def swap_region(shape: tuple[int, int, int], centre, radii) -> np.ndarray:
