@@ -8,9 +8,13 @@ rule landmarks_shard:
         sheet=ancient(config["participants"]),
         # Says who converted; those excluded earlier are passed on, not measured.
         convert=results("shards/{shard}/convert.tsv"),
+        # Config landmarks.supplied, or nothing when it is null: editing the table reruns
+        # the shards, which redo only the participants whose supplied landmarks changed.
+        supplied=supplied_landmarks,
     # Declared: the shard table, written last and atomically. Per participant the job
     # writes results/participants/{participant}/landmarks.json or exclusion.json, and
-    # skips participants whose landmarks.json is newer than their water and fat.
+    # skips participants whose landmarks.json is newer than their water and fat (and,
+    # for supplied ones, holds the supplied positions).
     output:
         table=results("shards/{shard}/landmarks.tsv"),
     log:
@@ -29,7 +33,12 @@ rule landmarks_shard:
     params:
         participants_dir=results("participants"),
         shard_size=config["shards"]["size"],
+        # A params value: a new threshold reruns the shards, which redo only the
+        # participants whose outcome it changes.
+        min_confidence=config["landmarks"]["min_confidence"],
+        supplied=lambda wildcards, input: supplied_landmarks_argument(input),
     shell:
         "myoflow landmarks --sheet {input.sheet:q} --shard {wildcards.shard}"
         " --shard-size {params.shard_size} --convert {input.convert:q}"
+        " --min-confidence {params.min_confidence} {params.supplied}"
         " --participants-dir {params.participants_dir:q} --out {output.table:q} > {log:q} 2>&1"
