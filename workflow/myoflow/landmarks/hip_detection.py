@@ -1,16 +1,14 @@
 """Detecting the hip joint centres (femoral head centres) on a stitched DIXON volume.
 
 The femoral head is the largest round ball of fatty marrow in the body: walled by a
-thin cortex, in muscle, one each side at about the same height. Detection works on the
-in-phase signal ``water + fat``, which a fat-water swap (of a whole station, part of
-one, or blended across a station overlap) leaves unchanged:
+thin cortex, in muscle, one each side at about the same height. Detection reads water
+and fat only, never their in-phase level:
 
-1. **Contrast** (:func:`myoflow.landmarks.marrow_contrast.local_contrast`): the signal over its
-   local mean in the soft tissue under the skin fat, which removes the coil bias. Marrow
-   is ~1.45, fat ~1.6, muscle 1, organs ~0.85; marrow is bright tissue not continuous
-   with the skin fat.
-2. **Candidates**: the local maxima of a scale-normalised Laplacian of Gaussian that
-   responds to head-sized balls of marrow.
+1. **Fatness** (:func:`myoflow.landmarks.marrow_contrast.marrow_map`): log(fat / water)
+   calibrated on the participant's own muscle and fat (0 muscle, 1 fat, marrow about
+   0.35-0.8), 0 where a voxel holds little signal in both channels (cortex, gas).
+2. **Candidates**: the local maxima of scale-normalised Laplacians of Gaussian that
+   respond to head-sized balls of marrow (:func:`bright_ball_response`).
 3. **Sphere fit** (:func:`fit_head`): from each candidate, rays find where marrow gives
    way to cortex and muscle for good (a dark line that marrow resumes after, such as a
    physeal scar or the neck's cortex, is crossed; rays running down the neck find no
@@ -18,7 +16,9 @@ one, or blended across a station overlap) leaves unchanged:
    new centre. :func:`head_score` rates the share of rays on the sphere, its size and
    its residual: the heads are the large, round, sharp-edged balls.
 4. **Pair** (:func:`best_pair`): the best-scoring two heads side by side at about the
-   same height, then the strict anatomical checks of :class:`Plausibility`.
+   same height, then the strict anatomical checks of :class:`Plausibility`; a pair not
+   found or not clear is looked for again with water and fat exchanged (a fat-water swap
+   of the hip station), :func:`detect_hips`.
 
 Positions are returned in LPS mm (DICOM patient coordinates, as the synthetic truth
 stores them; RAS on request). A participant without two heads side by side raises
@@ -82,7 +82,6 @@ class Plausibility:
     """Fewest of the cast rays that must end on the head's surface (inliers of the fit)."""
 
 
-# ---------------------------------------------------------------------------- detection
 # ---------------------------------------------------------------------------- sphere geometry
 
 
@@ -236,7 +235,7 @@ def head_candidates(contrast: MarrowMap, responses: list[np.ndarray]) -> list[np
 def head_edges(contrast: MarrowMap, centre_mm: np.ndarray, directions: np.ndarray) -> np.ndarray:
     """Where rays from ``centre_mm`` leave the marrow for good: (N, 3) mm, NaN where none.
 
-    The edge is the first fall below ``MARROW_CONTRAST`` that stays below for
+    The edge is the first fall of fatness below ``MARROW_FATNESS`` that stays below for
     ``EDGE_GAP_MM`` (cortex, then muscle), interpolated between samples; a dark line that
     marrow resumes after is crossed, and a ray still in marrow at ``RAY_RADII_MM[1]``
     (down the neck) has no edge.
