@@ -26,9 +26,10 @@ rule landmarks_shard:
     threads: 1
     resources:
         # Measured on one full-size UK Biobank participant (224 x 174 x 370): peak
-        # 0.64 GB, 12 s of CPU (detection works on a 4 x 4 x 6 mm copy, then fits spheres).
+        # 0.8 GB, 7-8 s of CPU (detection works on a 4 x 4 x 6 mm copy, then fits spheres;
+        # a small one 0.23 GB, 3 s).
         mem_mb=2000,
-        # Minutes: ~5 for 25 full-size participants.
+        # Minutes: ~4 for 25 full-size participants (10 s each, 20 with a swap retry).
         runtime=30,
     params:
         participants_dir=results("participants"),
