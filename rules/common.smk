@@ -103,6 +103,39 @@ def phenotypes_argument(input):
     return "--no-phenotypes"
 
 
+def supplied_landmarks(wildcards):
+    """The supplied-landmarks table (config `landmarks.supplied`) as a list: empty when null.
+
+    An input of every landmarks shard, so that editing it reruns them (each job redoes
+    only the participants whose supplied landmarks changed). A path that is set must
+    exist and every row must be valid: a bad row stops the run when it is planned, naming
+    the row (myoflow.landmarks.supplied).
+    """
+    path = config.get("landmarks", {}).get("supplied")
+    if not path:
+        return []
+    if not os.path.exists(path):
+        raise WorkflowError(
+            f"config landmarks.supplied: {path} does not exist. Give the table's path, or set "
+            "`landmarks: {supplied: null}` to detect every participant's landmarks."
+        )
+    if workflow.is_main_process:
+        from myoflow.landmarks.supplied import read_supplied_landmarks
+
+        try:
+            read_supplied_landmarks(path, SHEET["participant_id"])
+        except Exception as err:
+            raise WorkflowError(str(err)) from err
+    return [path]
+
+
+def supplied_landmarks_argument(input):
+    """`--supplied PATH` for `myoflow landmarks`, or nothing without a table."""
+    if input.supplied:
+        return f"--supplied {shlex.quote(str(input.supplied[0]))}"
+    return ""
+
+
 def no_phenotypes_flag():
     """`--no-phenotypes` for `myoflow analyse` when config `phenotypes` is null or absent
     (a params value: setting or unsetting the table reruns the statistics)."""

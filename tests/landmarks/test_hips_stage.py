@@ -20,6 +20,8 @@ from myoflow.core.io import read_tsv, write_tsv
 from myoflow.ingest import convert as conv
 from myoflow.landmarks import stage as hips
 from myoflow.landmarks.record import read_landmarks
+from myoflow.landmarks.supplied import COORDINATE_COLUMNS as SUPPLIED_COLUMNS
+from myoflow.landmarks.supplied import SuppliedLandmarksError, read_supplied_landmarks
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 
 IDS = ["ukbb000001", "ukbb000002", "ukbb000003"]
@@ -212,3 +214,75 @@ def test_an_unexpected_error_in_one_participant_does_not_fail_the_shard_job(
     table, _ = run_landmarks(root, capsys)  # the bug is gone: a rerun finds the hips
     assert table.loc[IDS[0], "status"] == "ok"
     assert not (root / "participants" / IDS[0] / "exclusion.json").exists()
+
+
+def write_supplied(path: Path, rows: list[list[str]]) -> Path:
+    header = ["participant_id", *SUPPLIED_COLUMNS, "note"]
+    path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            ["ukbb000009", "1", "2", "3", "4", "5", "6", ""],
+            "participant 'ukbb000009' is not",
+        ),
+        (
+            [IDS[1], "1", "2", "3", "4", "five", "6", ""],
+            "(ukbb000002): hip_right_y_mm 'five'",
+        ),
+        ([IDS[1], "1", "2", "3", "", "", "", ""], "line 3 (ukbb000002): the right hip has no"),
+        (
+            [IDS[0], "1", "2", "3", "4", "5", "6", ""],
+            "'ukbb000001' is listed twice",
+        ),
+    ],
+)
+def test_a_bad_supplied_row_is_named(tmp_path, row, message):
+    good = [IDS[0], "90", "30", "-500", "-90", "30", "-500", "by hand"]
+    path = write_supplied(tmp_path / "supplied.tsv", [good, row])
+    with pytest.raises(SuppliedLandmarksError) as caught:
+        read_supplied_landmarks(path, IDS)
+    assert str(caught.value).startswith(f"supplied landmarks {path}, line 3")
+    assert message in str(caught.value)
+
+
+def test_supplied_landmarks_replace_detection_and_only_changes_are_redone(
+    converted, tmp_path, capsys
+):
+    root = tmp_path / "stage"
+    shutil.copytree(converted, root)
+    supplied = write_supplied(
+        root / "supplied.tsv", [[IDS[1], "91.5", "20", "-480", "-88", "21", "-481", ""]]
+    )
+    argv = ["landmarks", "--sheet", str(root / "participants.tsv"), "--shard", "r1-0000",
+            "--shard-size", "4", "--convert", str(root / "convert.tsv"),
+            "--participants-dir", str(root / "participants"),
+            "--out", str(root / "landmarks.tsv"), "--supplied", str(supplied)]  # fmt: skip
+    assert main(argv) == 0
+    log = capsys.readouterr().out
+    table = read_tsv(root / "landmarks.tsv").set_index("participant_id")
+    assert f"{IDS[1]}: ok, supplied" in log and f"{IDS[0]}: ok, confidence" in log
+    assert list(table.loc[IDS[:3], "hip_source"]) == ["detected", "supplied", "detected"]
+    record = json.loads((root / "participants" / IDS[1] / "landmarks.json").read_text())
+    assert record["source"] == "supplied" and record["hip_left_x_mm"] == 91.5
+    assert record["head_radius_left_mm"] is None
+    assert read_landmarks(root / "participants" / IDS[1] / "landmarks.json").source == "supplied"
+
+    # Another supplied position redoes that participant only; the others stay current.
+    write_supplied(supplied, [[IDS[1], "92.5", "20", "-480", "-88", "21", "-481", ""]])
+    assert main(argv) == 0
+    log = capsys.readouterr().out
+    assert f"{IDS[1]}: ok, supplied" in log
+    assert f"{IDS[0]}: current, skipped" in log and f"{IDS[2]}: current, skipped" in log
+    assert read_tsv(root / "landmarks.tsv").set_index("participant_id").loc[
+        IDS[1], "hip_left_x_mm"
+    ] == pytest.approx(92.5)
+
+    # Without the table it is detected again; a threshold above any confidence excludes.
+    assert main([*argv[:-2], "--min-confidence", "1.01"]) == 0
+    table = read_tsv(root / "landmarks.tsv").set_index("participant_id")
+    assert list(table.loc[IDS[:3], "reason"]) == ["landmarks_low_confidence"] * 3
+    assert "landmarks.min_confidence 1.01" in table.loc[IDS[1], "detail"]

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from shifted_renders import Appearance, draw_appearance, shifted_render
 
 from myoflow.core.errors import MyoflowError, ParticipantExcluded
 from myoflow.core.grid import lps_axes
 from myoflow.landmarks.hip_detection import (
+    MIN_HEAD_SCORE,
+    RIVAL_MARGIN,
+    TYPICAL_HEAD_SCORE,
+    HeadFit,
+    Pair,
+    confidence,
     detect_hips,
     fibonacci_directions,
     fit_head,
     fit_sphere,
     robust_sphere,
 )
-from myoflow.landmarks.marrow_contrast import local_contrast
+from myoflow.landmarks.marrow_contrast import calibrate_fat, marrow_map
 from myoflow.landmarks.record import EXCLUSION_REASONS, HipLandmarks, LandmarkError
 from myoflow.synth.geometry import Grid, protocol
 from myoflow.synth.phenotypes import sample_cohort
@@ -88,12 +95,31 @@ def test_head_fit_finds_a_voxelised_ball_to_a_fraction_of_a_voxel():
     centre = np.array([58.3, 55.9, 61.7])  # mm from voxel 0
     water, fat = voxelised_head(centre, spacing, shape)
     water[[0, -1]] = fat[[0, -1]] = 0.0  # air at the sides: a body with a skin
-    contrast = local_contrast(water, fat, spacing)
+    contrast = marrow_map(water, fat, spacing)
     fit = fit_head(contrast, centre + np.array([6.0, -5.0, 7.0]))
     assert fit is not None
     assert np.linalg.norm(fit.centre_mm - centre) < 0.5
-    assert 17.0 < fit.radius_mm < 21.0  # the marrow edge, blurred by partial volume
+    # The edge is where fatness falls below MARROW_FATNESS: a voxel with a tenth of marrow
+    # in muscle is above it, so the fitted radius lies in the cortex (20-23 mm) or just out.
+    assert 19.0 < fit.radius_mm < 25.0
     assert fit.inlier_fraction > 0.9
+
+
+def test_a_head_reads_as_marrow_with_the_fat_channel_stored_smaller():
+    """With fat stored 100 x smaller than water, water + fat of the marrow is a third of
+    muscle's, as dark as cortex in the sum: the head must still read as marrow inside
+    (the candidates are balls of marrow), not only in its partial-volume rim."""
+    spacing, shape = np.array([4.5, 4.0, 6.0]), (27, 29, 21)
+    centre = np.array([58.3, 55.9, 61.7])
+    water, fat = voxelised_head(centre, spacing, shape)
+    water[[0, -1]] = fat[[0, -1]] = 0.0
+    fat = 0.01 * fat
+    assert np.median((water + fat)[13, 14, 9:12]) < 0.35 * np.median((water + fat)[3, 3])
+    contrast = marrow_map(water, fat, spacing)
+    assert contrast.marrow[12:15, 13:16, 9:12].all()  # voxels within 11 mm of the centre
+    fit = fit_head(contrast, centre + np.array([6.0, -5.0, 7.0]))
+    assert fit is not None
+    assert np.linalg.norm(fit.centre_mm - centre) < 0.5 and 19.0 < fit.radius_mm < 25.0
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +157,8 @@ def test_hips_of_six_bodies_within_the_target_error(participants):
 
 
 def test_a_swapped_station_changes_nothing(participants):
-    """Swap water and fat of the station holding the hips: water + fat is the same."""
+    """Swap water and fat of the station holding the hips: the hips are found again, with
+    the channels exchanged (fatness is the mirror image there)."""
     proto, people = participants
     water, fat, truth = people[0]
     k_hip = (truth["left"][2] - proto.grid.origin_lps_mm[2]) / proto.grid.spacing_mm[2]
@@ -141,8 +168,8 @@ def test_a_swapped_station_changes_nothing(participants):
     swapped_water[:, :, part], swapped_fat[:, :, part] = fat[:, :, part], water[:, :, part]
     plain = detect_hips(water, fat, proto.grid.affine_ras())
     swapped = detect_hips(swapped_water, swapped_fat, proto.grid.affine_ras())
-    assert np.array_equal(plain.left_lps_mm, swapped.left_lps_mm)
-    assert np.array_equal(plain.right_lps_mm, swapped.right_lps_mm)
+    assert np.linalg.norm(plain.left_lps_mm - swapped.left_lps_mm) < 1.0
+    assert np.linalg.norm(plain.right_lps_mm - swapped.right_lps_mm) < 1.0
 
 
 def test_an_empty_volume_has_no_landmarks():
@@ -194,6 +221,99 @@ def test_landmark_values_and_errors():
     assert np.allclose(hips.left_ras_mm, [-90.0, -10.0, -500.0])
     error = LandmarkError("landmarks_implausible", "hips 300 mm apart")
     assert str(error) == "landmarks_implausible: hips 300 mm apart"
-    assert set(EXCLUSION_REASONS) == {"landmarks_not_found", "landmarks_implausible"}
+    assert set(EXCLUSION_REASONS) == {
+        "landmarks_not_found",
+        "landmarks_implausible",
+        "landmarks_low_confidence",
+    }
     with pytest.raises(ValueError, match="unknown landmark exclusion reason"):
         LandmarkError("lost", "")
+
+
+# ---------------------------------------------------------------- any scanner's contrast
+
+
+def test_fatness_is_unchanged_by_channel_scaling_and_a_shared_bias():
+    """A vendor's scaling of either channel and a coil bias on both leave fatness alone:
+    muscle 0, fat 1, and marrow at its place between, whatever the numbers."""
+    rng = np.random.default_rng(5)
+    tissue = rng.choice(3, size=(40, 40, 20), p=[0.6, 0.3, 0.1])  # muscle, fat, marrow
+    ff = np.array([0.05, 0.93, 0.62])[tissue]
+    amplitude = np.array([620.0, 1000.0, 900.0])[tissue]
+    water, fat = amplitude * (1 - ff), amplitude * ff
+    everywhere = np.ones(tissue.shape, dtype=bool)
+    plain = calibrate_fat(water, fat, everywhere).fatness(water, fat)
+    bias = np.exp(0.4 * np.sin(np.indices(tissue.shape)[0] / 7.0))
+    brightness = np.array([1.0, 0.6, 0.5])[tissue]  # another sequence's T1 weighting
+    shifted_water, shifted_fat = 0.3 * water * bias * brightness, 4.0 * fat * bias * brightness
+    shifted = calibrate_fat(shifted_water, shifted_fat, everywhere)
+    moved = shifted.fatness(shifted_water, shifted_fat)
+    assert np.allclose(plain[tissue == 0], 0.0, atol=0.03)
+    assert np.allclose(plain[tissue == 1], 1.0, atol=0.03)
+    assert np.allclose(moved, plain, atol=0.05)  # the channel floors shift a little
+    assert 0.5 < float(np.median(moved[tissue == 2])) < 0.75
+    raw_ff = shifted_fat / (shifted_water + shifted_fat)  # what a fixed threshold would see
+    assert np.median(raw_ff[tissue == 0]) > 0.15  # muscle looks fatty in the raw numbers
+
+
+def shifted_people(people_rows, proto, appearance, seed):
+    """Shifted renders (tests/landmarks/shifted_renders.py) of ``people_rows``."""
+    out = []
+    for n, (row, phantom) in enumerate(people_rows):
+        rng = np.random.default_rng([seed, n])
+        channels, grid, ratios = shifted_render(
+            phantom.water, phantom.fat, row, proto, appearance(rng), rng
+        )
+        out.append((channels, grid, ratios, phantom.truth))
+    return out
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    """Four noiseless small phantoms of other bodies and another seed than ``participants``."""
+    proto = protocol("ukbb", "small")
+    table = sample_cohort(33, 4, "ukbb")
+    table["atlas_body"] = (5, 14, 27, 38)
+    rows = table.to_dict("records")
+    return proto, [
+        (row, render_participant(row, proto.grid, np.random.default_rng(300 + n)))
+        for n, row in enumerate(rows)
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, appearance",
+    [
+        # another renderer as issue 18 found it: in-phase marrow barely above muscle
+        ("dim", lambda rng: Appearance(1.05, 0.9, 1.0, 0.45, 0.35, 20.0, 1.0)),
+        # in-phase marrow 2 x muscle with fat stored 10 x water, SNR 15: once delivered
+        # (each channel rescaled to 12 bits) marrow holds a third of muscle's water + fat
+        ("bright", lambda rng: Appearance(2.0, 1.2, 0.3, 3.0, 0.25, 15.0, 0.0)),
+        ("random", draw_appearance),
+    ],
+)
+def test_hips_of_shifted_renders_within_a_few_mm(phantoms, name, appearance):
+    proto, rows = phantoms
+    errors = []
+    for channels, grid, ratios, truth in shifted_people(rows, proto, appearance, len(name)):
+        if name == "dim":
+            assert 1.0 <= ratios["in_phase_marrow_muscle"] <= 1.15
+        if name == "bright":
+            assert ratios["in_phase_marrow_muscle"] == pytest.approx(2.0)
+        hips = detect_hips(channels["water"], channels["fat"], grid.affine_ras())
+        for side, found in (("left", hips.left_lps_mm), ("right", hips.right_lps_mm)):
+            errors.append(np.linalg.norm(found - [truth[f"hip_{side}_{a}_mm"] for a in "xyz"]))
+        assert 0.0 <= hips.confidence <= 1.0 and hips.source == "detected"
+    assert np.median(errors) < 2.0 and max(errors) < 4.0, errors
+
+
+def test_confidence_is_the_smallest_margin():
+    fit = HeadFit(np.zeros(3), 22.0, 0.8, 0.8)
+    clear = Pair(fit, fit, (TYPICAL_HEAD_SCORE + 0.1, TYPICAL_HEAD_SCORE), 0.0)
+    assert confidence(clear) == 1.0
+    weak = Pair(fit, fit, (MIN_HEAD_SCORE + 0.5 * (TYPICAL_HEAD_SCORE - MIN_HEAD_SCORE), 0.6), 0.0)
+    assert confidence(weak) == pytest.approx(0.5)
+    rival = Pair(fit, fit, (0.6, 0.6), 1.2)  # another pair of balls scores as well
+    assert confidence(rival) == 0.0
+    half = Pair(fit, fit, (0.6, 0.6), 1.2 * (1 - RIVAL_MARGIN / 2))
+    assert confidence(half) == pytest.approx(0.5)

@@ -1,16 +1,14 @@
 """Detecting the hip joint centres (femoral head centres) on a stitched DIXON volume.
 
 The femoral head is the largest round ball of fatty marrow in the body: walled by a
-thin cortex, in muscle, one each side at about the same height. Detection works on the
-in-phase signal ``water + fat``, which a fat-water swap (of a whole station, part of
-one, or blended across a station overlap) leaves unchanged:
+thin cortex, in muscle, one each side at about the same height. Detection reads water
+and fat only, never their in-phase level:
 
-1. **Contrast** (:func:`myoflow.landmarks.marrow_contrast.local_contrast`): the signal over its
-   local mean in the soft tissue under the skin fat, which removes the coil bias. Marrow
-   is ~1.45, fat ~1.6, muscle 1, organs ~0.85; marrow is bright tissue not continuous
-   with the skin fat.
-2. **Candidates**: the local maxima of a scale-normalised Laplacian of Gaussian that
-   responds to head-sized balls of marrow.
+1. **Fatness** (:func:`myoflow.landmarks.marrow_contrast.marrow_map`): log(fat / water)
+   calibrated on the participant's own muscle and fat (0 muscle, 1 fat, marrow about
+   0.35-0.8), 0 where a voxel holds little signal in both channels (cortex, gas).
+2. **Candidates**: the local maxima of scale-normalised Laplacians of Gaussian that
+   respond to head-sized balls of marrow (:func:`bright_ball_response`).
 3. **Sphere fit** (:func:`fit_head`): from each candidate, rays find where marrow gives
    way to cortex and muscle for good (a dark line that marrow resumes after, such as a
    physeal scar or the neck's cortex, is crossed; rays running down the neck find no
@@ -18,7 +16,9 @@ one, or blended across a station overlap) leaves unchanged:
    new centre. :func:`head_score` rates the share of rays on the sphere, its size and
    its residual: the heads are the large, round, sharp-edged balls.
 4. **Pair** (:func:`best_pair`): the best-scoring two heads side by side at about the
-   same height, then the strict anatomical checks of :class:`Plausibility`.
+   same height, then the strict anatomical checks of :class:`Plausibility`; a pair not
+   found or not clear is looked for again with water and fat exchanged (a fat-water swap
+   of the hip station), :func:`detect_hips`.
 
 Positions are returned in LPS mm (DICOM patient coordinates, as the synthetic truth
 stores them; RAS on request). A participant without two heads side by side raises
@@ -35,14 +35,14 @@ import numpy as np
 from scipy import ndimage
 
 from myoflow.core.grid import lps_axes
-from myoflow.landmarks.marrow_contrast import MARROW_CONTRAST, Contrast, local_contrast
-from myoflow.landmarks.record import SIDES, HipLandmarks, LandmarkError
+from myoflow.landmarks.marrow_contrast import MARROW_FATNESS, MarrowMap, marrow_map
+from myoflow.landmarks.record import HipLandmarks, LandmarkError
 
-BALL_CAP = 1.4
-HEAD_RADII_MM = (20.0,)
+BALL_CAP = 0.5
+HEAD_RADII_MM = (15.0, 20.0, 25.0)
 """Ball radii the candidate filter is tuned to (adult femoral heads: ~20-27 mm to the
 cortex); one scale suffices, since every local maximum is fitted."""
-MAX_CANDIDATES = 300
+MAX_CANDIDATES = 150
 RAY_COUNT = 256
 RAY_STEP_MM = 0.5
 RAY_RADII_MM = (6.0, 40.0)
@@ -59,6 +59,13 @@ MIN_HEAD_SCORE = 0.3
 """On 80 synthetic participants (small size, bias and noise), femoral heads scored
 0.34-0.60 (:func:`head_score`) and every other ball of marrow at most 0.26; to be
 checked again on real images."""
+TYPICAL_HEAD_SCORE = 0.55
+"""Median score of femoral heads on standard and shifted renders (0.56-0.63 small grid,
+bench/landmarks.py): confidence 1 from the head scores' side."""
+RIVAL_MARGIN = 0.5
+"""A rival pair scoring below ``1 - RIVAL_MARGIN`` of the best leaves no doubt."""
+SWAP_RETRY_BELOW = 0.5
+"""Hips found with less confidence are looked for again with water and fat exchanged."""
 SCREEN_RAYS = 64
 SCREEN_SCORE = 0.15
 
@@ -75,7 +82,6 @@ class Plausibility:
     """Fewest of the cast rays that must end on the head's surface (inliers of the fit)."""
 
 
-# ---------------------------------------------------------------------------- detection
 # ---------------------------------------------------------------------------- sphere geometry
 
 
@@ -136,21 +142,23 @@ def robust_sphere(
 # ---------------------------------------------------------------------------- heads
 
 
-def bright_ball_response(contrast: Contrast) -> np.ndarray:
-    """Scale-normalised Laplacian-of-Gaussian response to head-sized balls of marrow.
+def bright_ball_response(contrast: MarrowMap) -> list[np.ndarray]:
+    """Scale-normalised Laplacian-of-Gaussian responses to balls of marrow, one per radius
+    of ``HEAD_RADII_MM``.
 
-    The contrast is capped at ``BALL_CAP`` (marrow ~1.45, fat brighter) and bright tissue
-    that is not marrow is levelled to muscle, so the response ranks bright regions by
-    shape and size rather than brightness.
+    Fatness is capped at ``BALL_CAP`` (marrow 0.35-0.8, fat 1) and fatty tissue that is
+    not marrow is levelled to muscle, so the responses rank fatty regions by shape and
+    size rather than fat fraction. Each scale is searched on its own: a head merging at a
+    coarse scale with the acetabulum's marrow still stands out at a finer one.
     """
-    capped = np.minimum(contrast.contrast, BALL_CAP)
-    image = np.where(contrast.marrow, capped, np.minimum(capped, 1.0))
-    response = np.full(image.shape, -np.inf, dtype=np.float32)
+    capped = np.minimum(contrast.fatness, BALL_CAP)
+    image = np.where(contrast.marrow, capped, np.minimum(capped, 0.0))
+    responses = []
     for radius in HEAD_RADII_MM:
         sigma = radius / np.sqrt(3.0)
         log = ndimage.gaussian_laplace(image, sigma / contrast.work_spacing_mm, truncate=3.0)
-        response = np.maximum(response, -(sigma**2) * log)
-    return response
+        responses.append(-(sigma**2) * log)
+    return responses
 
 
 def peak_local_max(
@@ -206,20 +214,28 @@ def peak_local_max(
     return coords[kept]
 
 
-def head_candidates(contrast: Contrast, response: np.ndarray) -> list[np.ndarray]:
-    """Centres (mm from stitched voxel 0) of the strongest balls of marrow in the body."""
-    scores = np.where(contrast.marrow, response, 0.0)
+def head_candidates(contrast: MarrowMap, responses: list[np.ndarray]) -> list[np.ndarray]:
+    """Centres (mm from stitched voxel 0) of the strongest balls of marrow in the body:
+    the ``MAX_CANDIDATES`` strongest local maxima of each scale's response, nearest first
+    to none (within 5 mm of one already listed, a maximum is the same ball)."""
     min_distance = max(1, int(round(10.0 / float(contrast.work_spacing_mm.min()))))
-    peaks = peak_local_max(
-        scores, min_distance, threshold_abs=1e-6, num_peaks=MAX_CANDIDATES, exclude_border=False
-    )
-    return [contrast.to_stitched_mm(p) for p in peaks]
+    found: list[np.ndarray] = []
+    for response in responses:
+        scores = np.where(contrast.marrow, response, 0.0)
+        peaks = peak_local_max(
+            scores, min_distance, threshold_abs=1e-6, num_peaks=MAX_CANDIDATES, exclude_border=False
+        )
+        for peak in peaks:
+            centre = contrast.to_stitched_mm(peak)
+            if all(np.linalg.norm(centre - other) >= 5.0 for other in found):
+                found.append(centre)
+    return found
 
 
-def head_edges(contrast: Contrast, centre_mm: np.ndarray, directions: np.ndarray) -> np.ndarray:
+def head_edges(contrast: MarrowMap, centre_mm: np.ndarray, directions: np.ndarray) -> np.ndarray:
     """Where rays from ``centre_mm`` leave the marrow for good: (N, 3) mm, NaN where none.
 
-    The edge is the first fall below ``MARROW_CONTRAST`` that stays below for
+    The edge is the first fall of fatness below ``MARROW_FATNESS`` that stays below for
     ``EDGE_GAP_MM`` (cortex, then muscle), interpolated between samples; a dark line that
     marrow resumes after is crossed, and a ray still in marrow at ``RAY_RADII_MM[1]``
     (down the neck) has no edge.
@@ -227,7 +243,7 @@ def head_edges(contrast: Contrast, centre_mm: np.ndarray, directions: np.ndarray
     radii = np.arange(0.0, RAY_RADII_MM[1] + EDGE_GAP_MM + RAY_STEP_MM, RAY_STEP_MM)
     points = centre_mm[None, None, :] + radii[None, :, None] * directions[:, None, :]
     values = contrast.sample(points.reshape(-1, 3)).reshape(len(directions), len(radii))
-    above = values >= MARROW_CONTRAST
+    above = values >= MARROW_FATNESS
     gap = int(round(EDGE_GAP_MM / RAY_STEP_MM))
     run = np.cumsum(np.pad(~above, ((0, 0), (1, 0))), axis=1)
     stays_below = (run[:, gap:] - run[:, :-gap]) == gap  # [n, r]: r .. r+gap-1 all below
@@ -237,7 +253,7 @@ def head_edges(contrast: Contrast, centre_mm: np.ndarray, directions: np.ndarray
     rows = np.flatnonzero(falls.any(axis=1))
     r0 = np.argmax(falls[rows], axis=1)
     v0, v1 = values[rows, r0], values[rows, r0 + 1]
-    fraction = np.clip((v0 - MARROW_CONTRAST) / np.maximum(v0 - v1, 1e-6), 0.0, 1.0)
+    fraction = np.clip((v0 - MARROW_FATNESS) / np.maximum(v0 - v1, 1e-6), 0.0, 1.0)
     edges = np.full((len(directions), 3), np.nan)
     edges[rows] = centre_mm + (radii[r0] + fraction * RAY_STEP_MM)[:, None] * directions[rows]
     return edges
@@ -254,7 +270,7 @@ class HeadFit:
 
 
 def fit_head(
-    contrast: Contrast, start_mm: np.ndarray, rounds: int = 3, rays: int = RAY_COUNT
+    contrast: MarrowMap, start_mm: np.ndarray, rounds: int = 3, rays: int = RAY_COUNT
 ) -> HeadFit | None:
     """Fit a sphere to the marrow edges around ``start_mm``, recasting from each new centre."""
     directions = fibonacci_directions(rays)
@@ -295,7 +311,7 @@ def head_score(fit: HeadFit) -> float:
 
 
 def find_heads(
-    contrast: Contrast, response: np.ndarray, plausibility: Plausibility
+    contrast: MarrowMap, response: list[np.ndarray], plausibility: Plausibility
 ) -> list[tuple[float, HeadFit]]:
     """Every ball of marrow that could be a femoral head (score, fit), best first.
 
@@ -322,33 +338,68 @@ def find_heads(
     return sorted(heads, key=lambda item: -item[0])
 
 
-def best_pair(
-    heads: list[tuple[float, HeadFit]], plausibility: Plausibility
-) -> tuple[HeadFit, HeadFit]:
+@dataclass(frozen=True)
+class Pair:
+    """The best pair of heads, (left, right) by position, their scores, and the summed
+    score of the best other pair (0 when there is none)."""
+
+    left: HeadFit
+    right: HeadFit
+    scores: tuple[float, float]
+    runner_up: float
+
+
+def best_pair(heads: list[tuple[float, HeadFit]], plausibility: Plausibility) -> Pair:
     """The two heads with the highest summed score that are roughly a pair of hips (within
-    twice the height and distance tolerances); (left, right) by their position.
+    twice the height and distance tolerances), and the best other pair's score.
 
     Raises:
         LandmarkError: ``landmarks_not_found`` when no two heads make such a pair.
     """
     low, high = plausibility.inter_hip_mm
-    best: tuple[float, HeadFit, HeadFit] | None = None
-    for n, (score_a, a) in enumerate(heads):
-        for score_b, b in heads[n + 1 :]:
-            offset = a.centre_mm - b.centre_mm
+    pairs: list[tuple[float, int, int]] = []
+    for n, (_, a) in enumerate(heads):
+        for m in range(n + 1, len(heads)):
+            offset = a.centre_mm - heads[m][1].centre_mm
             roughly = 0.5 * low <= abs(float(offset[0])) <= 1.5 * high
             roughly &= abs(float(offset[2])) <= 2.0 * plausibility.max_height_difference_mm
-            if roughly and (best is None or score_a + score_b > best[0]):
-                left, right = (a, b) if offset[0] > 0 else (b, a)  # i runs to the left
-                best = (score_a + score_b, left, right)
-    if best is None:
+            if roughly:
+                pairs.append((heads[n][0] + heads[m][0], n, m))
+    if not pairs:
         found = "no ball" if not heads else f"{len(heads)} ball{'s' * (len(heads) > 1)}"
         raise LandmarkError(
             "landmarks_not_found",
             f"{found} of marrow shaped like a femoral head; no two side by side at about the"
             " same height",
         )
-    return best[1], best[2]
+    pairs.sort(key=lambda pair: -pair[0])
+    _, n, m = pairs[0]
+    (score_a, a), (score_b, b) = heads[n], heads[m]
+    if a.centre_mm[0] < b.centre_mm[0]:  # i runs to the left
+        (score_a, a), (score_b, b) = (score_b, b), (score_a, a)
+    runner_up = pairs[1][0] if len(pairs) > 1 else 0.0
+    return Pair(a, b, (score_a, score_b), runner_up)
+
+
+def confidence(pair: Pair) -> float:
+    """How certain the pair is, in [0, 1]: the smallest of three margins.
+
+    - each head's score above the rejection level: ``(score - MIN_HEAD_SCORE) /
+      (TYPICAL_HEAD_SCORE - MIN_HEAD_SCORE)``, so 0 for a head that only just passed and 1
+      for one as clear as the typical femoral head (both levels measured, see their
+      docstrings);
+    - the lead over the best other pair: ``(best - runner_up) / (RIVAL_MARGIN * best)``,
+      0 when another pair of balls scores as well, 1 when no other pair reaches
+      ``1 - RIVAL_MARGIN`` of the best.
+
+    Each margin is clipped to [0, 1]. On the bench (``bench/landmarks.py``) the error of
+    a pair grows as this falls; ``landmarks.min_confidence`` excludes what falls below it.
+    """
+    span = TYPICAL_HEAD_SCORE - MIN_HEAD_SCORE
+    margins = [(score - MIN_HEAD_SCORE) / span for score in pair.scores]
+    best = sum(pair.scores)
+    margins.append((best - pair.runner_up) / (RIVAL_MARGIN * best))
+    return float(np.clip(min(margins), 0.0, 1.0))
 
 
 def detect_hips(
@@ -378,15 +429,47 @@ def detect_hips(
     if water.shape != fat.shape or water.ndim != 3:
         raise ValueError(f"water {water.shape} and fat {fat.shape} must be one 3D shape")
     spacing, lps = lps_axes(affine_ras)
-    contrast = local_contrast(water, fat, spacing)
+    found: HipLandmarks | None = None
+    errors: list[LandmarkError] = []
+    # A fat-water swap of the station (or region) holding the hips turns marrow into
+    # water-dominant tissue: when the hips are not found, or not clearly, they are looked
+    # for again with the channels exchanged, and the more confident pair is kept.
+    for channels in ((water, fat), (fat, water)):
+        try:
+            hips = detect_in(*channels, spacing, lps, plausibility)
+        except LandmarkError as err:
+            errors.append(err)
+            continue
+        if found is None or hips.confidence > found.confidence:
+            found = hips
+        if found.confidence >= SWAP_RETRY_BELOW:
+            break
+    if found is None:
+        raise errors[0]  # what the channels as delivered gave
+    return found
+
+
+def detect_in(
+    water: np.ndarray,
+    fat: np.ndarray,
+    spacing: np.ndarray,
+    lps: np.ndarray,
+    plausibility: Plausibility,
+) -> HipLandmarks:
+    """:func:`detect_hips` for one reading of the channels (spacing and LPS affine given)."""
+    try:
+        contrast = marrow_map(water, fat, spacing)
+    except ValueError as err:  # no body, or no fat in it: nothing to find a head in
+        raise LandmarkError("landmarks_not_found", str(err)) from err
     response = bright_ball_response(contrast)
     heads = find_heads(contrast, response, plausibility)
-    fits = dict(zip(SIDES, best_pair(heads, plausibility), strict=True))
+    pair = best_pair(heads, plausibility)
+    fits = {"left": pair.left, "right": pair.right}
     to_lps = lps[:3, :3] / spacing  # mm along the array axes -> LPS mm, before the origin
     landmarks = HipLandmarks(
         left_lps_mm=to_lps @ fits["left"].centre_mm + lps[:3, 3],
         right_lps_mm=to_lps @ fits["right"].centre_mm + lps[:3, 3],
-        confidence=min(head_score(fits[side]) for side in SIDES),
+        confidence=confidence(pair),
         head_radius_mm=(fits["left"].radius_mm, fits["right"].radius_mm),
     )
     check_plausible(landmarks, fits, plausibility)

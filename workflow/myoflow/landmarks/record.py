@@ -20,9 +20,13 @@ from myoflow.core.errors import MyoflowError, ParticipantExcluded
 from myoflow.core.io import write_json
 
 SIDES = ("left", "right")
+SOURCES = ("detected", "supplied")
+"""Where a participant's landmarks come from: found in its images, or the user's table."""
 EXCLUSION_REASONS = {
     "landmarks_not_found": "no femoral head, or no pair of heads, found",
     "landmarks_implausible": "the femoral heads found are not a plausible pair of hips",
+    "landmarks_low_confidence": "the hips found are less certain than config "
+    "landmarks.min_confidence asks",
 }
 
 
@@ -40,17 +44,23 @@ class LandmarkError(ParticipantExcluded):
 
 @dataclass(frozen=True)
 class HipLandmarks:
-    """Left and right hip joint centres in LPS mm, and how clearly the heads were seen.
+    """Left and right hip joint centres in LPS mm, how certain they are and where from.
 
-    ``confidence`` is the smaller of the two heads' scores (0 to 1; see
-    :func:`myoflow.landmarks.hip_detection.head_score` and ``MIN_HEAD_SCORE`` there for what heads
-    and other balls of marrow score).
+    ``confidence`` (0 to 1) is the smallest margin of the detection's evidence
+    (:func:`myoflow.landmarks.hip_detection.confidence`): 0 where a head would no longer
+    have been accepted, 1 for heads as clear as typical ones with no rival pair. Supplied
+    landmarks (``source`` ``"supplied"``) have confidence 1 and no head radius (NaN).
     """
 
     left_lps_mm: np.ndarray
     right_lps_mm: np.ndarray
     confidence: float
     head_radius_mm: tuple[float, float]  # fitted marrow radius (left, right)
+    source: str = "detected"
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"landmark source {self.source!r} is not one of {SOURCES}")
 
     @property
     def inter_hip_mm(self) -> float:
@@ -79,15 +89,14 @@ class HipLandmarks:
 
 
 def write_landmarks(path: str | os.PathLike[str], participant_id: str, hips: HipLandmarks) -> None:
-    """Write ``landmarks.json``: the flat :meth:`HipLandmarks.record` plus head radii."""
+    """Write ``landmarks.json``: the flat :meth:`HipLandmarks.record`, the source and the
+    head radii (null when supplied)."""
+    radii = [None if np.isnan(r) else float(r) for r in hips.head_radius_mm]
     write_json(
         path,
-        {"participant_id": participant_id}
+        {"participant_id": participant_id, "source": hips.source}
         | hips.record()
-        | {
-            "head_radius_left_mm": float(hips.head_radius_mm[0]),
-            "head_radius_right_mm": float(hips.head_radius_mm[1]),
-        },
+        | {"head_radius_left_mm": radii[0], "head_radius_right_mm": radii[1]},
     )
 
 
@@ -99,14 +108,13 @@ def read_landmarks(path: str | os.PathLike[str]) -> HipLandmarks:
     """
     try:
         values = json.loads(Path(path).read_text())
+        radii = [values[f"head_radius_{side}_mm"] for side in SIDES]
         return HipLandmarks(
             left_lps_mm=np.array([float(values[f"hip_left_{a}_mm"]) for a in "xyz"]),
             right_lps_mm=np.array([float(values[f"hip_right_{a}_mm"]) for a in "xyz"]),
             confidence=float(values["hip_confidence"]),
-            head_radius_mm=(
-                float(values["head_radius_left_mm"]),
-                float(values["head_radius_right_mm"]),
-            ),
+            head_radius_mm=tuple(np.nan if r is None else float(r) for r in radii),  # type: ignore[arg-type]
+            source=values.get("source", "detected"),  # files written before sources existed
         )
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise MyoflowError(f"landmarks file {path} cannot be read: {err}") from err

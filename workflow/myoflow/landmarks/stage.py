@@ -9,6 +9,14 @@ read, gets ``exclusion.json`` with stage ``landmarks`` and a reason from
 :data:`EXCLUSION_REASONS`; a participant excluded earlier keeps its record and passes its
 exclusion on. ``landmarks.json`` newer than both channels is current and not redone.
 
+Participants in the supplied-landmarks table (config ``landmarks.supplied``,
+:mod:`myoflow.landmarks.supplied`) get those positions, recorded with ``source``
+``supplied``, and are not detected; their ``landmarks.json`` is current while it holds
+exactly the supplied positions. Detected landmarks whose confidence is below
+``min_confidence`` exclude the participant (``landmarks_low_confidence``); detected ones
+are current while newer than water and fat, not supplied, and at or above the threshold.
+So a changed table or threshold redoes only the participants it changes.
+
 The shard table (:data:`SHARD_COLUMNS`, ``results/shards/{shard}/landmarks.tsv``) holds one
 row per participant: its status and, for those found, the landmark record.
 """
@@ -37,7 +45,13 @@ from myoflow.core.shard_runner import (
 )
 from myoflow.landmarks.hip_detection import detect_hips
 from myoflow.landmarks.record import EXCLUSION_REASONS as LANDMARK_REASONS
-from myoflow.landmarks.record import SIDES, HipLandmarks, read_landmarks, write_landmarks
+from myoflow.landmarks.record import (
+    SIDES,
+    HipLandmarks,
+    LandmarkError,
+    read_landmarks,
+    write_landmarks,
+)
 
 STAGE = "landmarks"
 
@@ -52,8 +66,10 @@ EXCLUSION_REASONS = {
 LANDMARK_COLUMNS = [f"hip_{side}_{axis}_mm" for side in SIDES for axis in "xyz"] + [
     "hip_confidence",
     "inter_hip_mm",
+    "hip_source",
 ]
-"""The keys of :meth:`myoflow.landmarks.record.HipLandmarks.record`, in its order."""
+"""The keys of :meth:`myoflow.landmarks.record.HipLandmarks.record`, in its order, and
+where the landmarks come from (``detected`` or ``supplied``)."""
 
 SHARD_COLUMNS = STATUS_COLUMNS + LANDMARK_COLUMNS
 """Columns of ``results/shards/{shard}/landmarks.tsv``: one row per participant."""
@@ -72,23 +88,62 @@ def read_channels(
 
 
 class LandmarksStage:
-    """The landmarks stage's work for the shard runner (:mod:`myoflow.core.shard_runner`)."""
+    """The landmarks stage's work for the shard runner (:mod:`myoflow.core.shard_runner`).
+
+    Args:
+        supplied: landmarks by participant that replace detection (``source="supplied"``).
+        min_confidence: detected landmarks less confident than this exclude the participant.
+    """
 
     name = STAGE
     columns = SHARD_COLUMNS
 
+    def __init__(
+        self, supplied: dict[str, HipLandmarks] | None = None, min_confidence: float = 0.0
+    ) -> None:
+        self.supplied = supplied or {}
+        self.min_confidence = min_confidence
+
     def current(self, member: Any, folder: Path) -> Outcome | None:
-        hips = current_landmarks(ParticipantFiles(folder))
-        return None if hips is None else Outcome(_found(hips), "current, skipped")
+        files = ParticipantFiles(folder)
+        given = self.supplied.get(member.participant_id)
+        if given is not None:
+            try:
+                hips = read_landmarks(files.landmarks)
+            except MyoflowError:
+                return None
+            same = hips.source == "supplied" and all(
+                np.array_equal(a, b)
+                for a, b in (
+                    (hips.left_lps_mm, given.left_lps_mm),
+                    (hips.right_lps_mm, given.right_lps_mm),
+                )
+            )
+            return Outcome(_found(hips), "current, skipped") if same else None
+        hips = current_landmarks(files)
+        if hips is None or hips.source != "detected" or hips.confidence < self.min_confidence:
+            return None
+        return Outcome(_found(hips), "current, skipped")
 
     def run(self, member: Any, folder: Path) -> Outcome:
         files = ParticipantFiles(folder)
         files.landmarks.unlink(missing_ok=True)
+        given = self.supplied.get(member.participant_id)
+        if given is not None:
+            write_landmarks(files.landmarks, member.participant_id, given)
+            return Outcome(_found(given), "ok, supplied")
         channels, affine = read_channels(files, ("water", "fat"))
         try:
             hips = detect_hips(channels["water"], channels["fat"], affine)
         except ValueError as err:  # a grid that is not axis-aligned in our convention
             raise ParticipantExcluded("dixon_unreadable", str(err)) from err
+        if hips.confidence < self.min_confidence:
+            raise LandmarkError(
+                "landmarks_low_confidence",
+                f"confidence {hips.confidence:.2f} below landmarks.min_confidence"
+                f" {self.min_confidence:.2f} (hips at LPS {_mm(hips.left_lps_mm)} and"
+                f" {_mm(hips.right_lps_mm)}); supply them in landmarks.supplied to use them",
+            )
         write_landmarks(files.landmarks, member.participant_id, hips)
         return Outcome(_found(hips), f"ok, confidence {hips.confidence:.2f}")
 
@@ -101,6 +156,8 @@ def landmarks_shard(
     participants_dir: str | os.PathLike[str],
     convert_table: pd.DataFrame,
     log: Callable[[str], None] = print,
+    supplied: dict[str, HipLandmarks] | None = None,
+    min_confidence: float = 0.0,
 ) -> pd.DataFrame:
     """Find the hips of every participant of a shard; return the shard table.
 
@@ -110,6 +167,9 @@ def landmarks_shard(
         convert_table: the shard's conversion table (``participant_id``, ``status``,
             ``stage``, ``reason``).
         log: receives one line per participant, naming it and the outcome.
+        supplied: landmarks that replace detection, by participant
+            (:func:`myoflow.landmarks.supplied.read_supplied_landmarks`).
+        min_confidence: detected landmarks below this confidence exclude the participant.
 
     A participant that cannot be measured gets ``exclusion.json``; it never stops the
     others (:func:`myoflow.core.shard_runner.run_shard`).
@@ -118,7 +178,8 @@ def landmarks_shard(
         MyoflowError: the conversion table lacks a member (convert the shard first).
     """
     upstream = [Upstream(convert_table, "conversion")]
-    return run_shard(LandmarksStage(), members, participants_dir, upstream, log=log).status
+    stage = LandmarksStage(supplied, min_confidence)
+    return run_shard(stage, members, participants_dir, upstream, log=log).status
 
 
 def current_landmarks(files: ParticipantFiles) -> HipLandmarks | None:
@@ -137,4 +198,8 @@ def current_landmarks(files: ParticipantFiles) -> HipLandmarks | None:
 
 
 def _found(hips: HipLandmarks) -> dict:
-    return OK | hips.record()
+    return OK | hips.record() | {"hip_source": hips.source}
+
+
+def _mm(point: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.1f}" for v in point) + ") mm"
