@@ -17,10 +17,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -e . --no-deps
 	touch $@
 
-## demo: make a small synthetic cohort and run the workflow on it
+## demo: make a small synthetic cohort (12 clean participants of both sexes, half
+##       resolution) in data/demo and run the workflow on it into results/demo
+##       (config/demo.yaml); prints the wall time at the end
+DEMO_ARTEFACTS := swap=0,partial_swap=0,missing_station=0,missing_channel=0
 demo: setup
-	$(BIN)/myoflow synth --out data/demo --participants 6 --protocol ukbb --seed 1 --size small
-	$(BIN)/snakemake --profile config/profiles/local --configfile config/demo.yaml
+	@start=$$(date +%s); \
+	$(BIN)/myoflow synth --out data/demo --participants 12 --protocol ukbb --seed 1 --size small \
+		--artefacts $(DEMO_ARTEFACTS) && \
+	$(BIN)/snakemake --profile config/profiles/local --configfile config/demo.yaml && \
+	echo "make demo: done in $$(( $$(date +%s) - start )) s; report: results/demo/cohort/report.html"
 
 ## lint: ruff, snakefmt and snakemake --lint (on the example participant sheet)
 lint: setup

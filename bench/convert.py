@@ -14,7 +14,8 @@ channels = 24 series) in a temporary folder, then measures in the same run:
 - the disk taken by the four stitched channels as int16 (what we write) and as float32;
 - the resampling methods stitch.py chose between, on one station.
 
-Targets (issue 3): our time at most 2x dcm2niix's convert-only time, peak under 2 GB.
+Targets: our time at most 1.5x dcm2niix's convert-only time (issue 22; 2x in issue 3), peak
+under 2 GB.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from myoflow.ingest.settings import IngestSettings
 from myoflow.synth.cohort import CohortSpec, generate_cohort
 from myoflow.synth.signal import ArtefactRates
 
-TARGET_RATIO = 2.0
+TARGET_RATIO = 1.5
 TARGET_PEAK_GB = 2.0
 
 _CONVERT_ONCE = """
@@ -207,7 +208,7 @@ def main() -> None:
     ratio, peak_gb = ours / theirs, our_peak / 1024
     verdict = {True: "met", False: "MISSED"}
     print(
-        f"ratio {ratio:.2f} (target <= {TARGET_RATIO:.0f}: {verdict[ratio <= TARGET_RATIO]});"
+        f"ratio {ratio:.2f} (target <= {TARGET_RATIO:g}: {verdict[ratio <= TARGET_RATIO]});"
         f" peak {peak_gb:.2f} GB (target < {TARGET_PEAK_GB:.0f} GB:"
         f" {verdict[peak_gb < TARGET_PEAK_GB]})"
     )

@@ -2,12 +2,14 @@
 each, and a new release added to a completed run.
 
 Run: ``.venv/bin/python bench/dag.py [--sizes 1000 10000 30000 100000] [--shard-size 25]
-[--per-participant-max 30000] [--completed 30000] [--added 1000]``
+[--per-participant-max 30000] [--completed 30000] [--added 1000] [--stub folder|zip]``
 
-For each cohort size it writes a participant sheet with stub DICOM paths (nothing is read
-at planning time) and times ``snakemake -n`` on this repository's Snakefile, once with
-participant shards and once with shards of one participant (the one-job-per-participant
-layout), in the same run, reporting wall time, peak memory and the ratio.
+For each cohort size it writes a participant sheet whose DICOM paths exist as stubs
+(``--stub folder``: an empty folder per participant, or ``zip``: an empty zip file;
+planning stats each path but reads nothing) and times ``snakemake -n`` on this
+repository's Snakefile, once with participant shards and once with shards of one
+participant (the one-job-per-participant layout), in the same run, reporting wall time,
+peak memory and the ratio.
 
 Then it makes a completed run of ``--completed`` participants without running anything:
 every output the dry run lists is created empty (a folder for the outputs without a
@@ -81,21 +83,30 @@ class Plan:
         return counts
 
 
-def sheet_rows(first: int, participants: int, release: str | None = None) -> pd.DataFrame:
-    """Rows of participants ``first``... in releases of RELEASE_SIZE (or all in ``release``);
-    their DICOM paths need not exist."""
+def sheet_rows(
+    folder: Path, first: int, participants: int, stub: str, release: str | None = None
+) -> pd.DataFrame:
+    """Rows of participants ``first``... in releases of RELEASE_SIZE (or all in ``release``),
+    with their DICOM stubs created under ``folder/dicom``: an empty folder, or an empty
+    ``.zip`` file, per participant. Planning stats every one (``shard_dicom_inputs``
+    leaves out paths that do not exist, which would plan less than a real run)."""
     numbers = range(first, first + participants)
     ids = [f"sub{i:07d}" for i in numbers]
     releases = [release or f"r{1 + i // RELEASE_SIZE}" for i in numbers]
-    return pd.DataFrame(
-        {"participant_id": ids, "dicom": [f"dicom/{pid}" for pid in ids], "release": releases}
-    )
+    paths = [f"dicom/{pid}.zip" if stub == "zip" else f"dicom/{pid}" for pid in ids]
+    (folder / "dicom").mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        if stub == "zip":
+            (folder / path).touch()
+        else:
+            (folder / path).mkdir(exist_ok=True)
+    return pd.DataFrame({"participant_id": ids, "dicom": paths, "release": releases})
 
 
-def write_sheet(folder: Path, participants: int) -> Path:
-    """A sheet of ``participants`` in releases of RELEASE_SIZE."""
+def write_sheet(folder: Path, participants: int, stub: str) -> Path:
+    """A sheet of ``participants`` in releases of RELEASE_SIZE, their DICOM stubs made."""
     path = folder / f"sheet_{participants}.tsv"
-    sheet_rows(0, participants).to_csv(path, sep="\t", index=False)
+    sheet_rows(folder, 0, participants, stub).to_csv(path, sep="\t", index=False)
     return path
 
 
@@ -173,12 +184,14 @@ def complete(folder: Path, config: Path, sheet: Path, fresh: Plan) -> int:
     return len(outputs)
 
 
-def compare_layouts(folder: Path, sizes: list[int], shard_size: int, per_participant_max: int):
+def compare_layouts(
+    folder: Path, sizes: list[int], shard_size: int, per_participant_max: int, stub: str
+):
     """Print fresh planning time and memory of shards vs one job per participant."""
     header = f"{'participants':>12} {'layout':>16} {'jobs':>8} {'seconds':>8} {'peak MB':>8}"
     print(header + f" {'ratio':>7}")
     for n in sorted(sizes):
-        sheet = write_sheet(folder, n)
+        sheet = write_sheet(folder, n, stub)
         sharded = plan(folder, write_config(folder, sheet, shard_size))
         print(f"{n:>12} {'shards':>16} {sharded.jobs:>8} {sharded.seconds:>8.1f} "
               f"{sharded.peak_mb:>8.0f}")  # fmt: skip
@@ -190,11 +203,11 @@ def compare_layouts(folder: Path, sizes: list[int], shard_size: int, per_partici
             )
 
 
-def add_a_release(folder: Path, completed: int, added: int, shard_size: int) -> None:
+def add_a_release(folder: Path, completed: int, added: int, shard_size: int, stub: str) -> None:
     """Print how long planning takes once ``completed`` participants are done, and after
     ``added`` more arrive as a new release; check that only the new shards are planned."""
     folder.mkdir()
-    sheet = write_sheet(folder, completed)
+    sheet = write_sheet(folder, completed, stub)
     config = write_config(folder, sheet, shard_size)
     fresh = plan(folder, config)
     started = time.perf_counter()
@@ -209,7 +222,7 @@ def add_a_release(folder: Path, completed: int, added: int, shard_size: int) -> 
         raise SystemExit(f"the completed run still plans {done.jobs} jobs:\n{done.output[-3000:]}")
     print(f"  dry run, nothing to do: {done.seconds:.1f} s, peak {done.peak_mb:.0f} MB")
     release = f"r{1 + (completed - 1) // RELEASE_SIZE + 1}"
-    new_rows = sheet_rows(completed, added, release)
+    new_rows = sheet_rows(folder, completed, added, stub, release)
     new_rows.to_csv(sheet, sep="\t", index=False, header=False, mode="a")
     grown = plan(folder, config)
     shards = grown.shards()
@@ -237,13 +250,21 @@ def main() -> None:
     )
     parser.add_argument("--completed", type=int, default=30_000, help="0: skip this part")
     parser.add_argument("--added", type=int, default=1000)
+    parser.add_argument(
+        "--stub", choices=["folder", "zip"], default="folder", help="what each DICOM path is"
+    )
     args = parser.parse_args()
-    print(f"snakemake -n on {REPO / 'Snakefile'}; shard size {args.shard_size}")
+    print(
+        f"snakemake -n on {REPO / 'Snakefile'}; shard size {args.shard_size}; DICOM paths: "
+        f"existing empty {args.stub}s; load average {os.getloadavg()[0]:.1f}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        compare_layouts(folder, args.sizes, args.shard_size, args.per_participant_max)
+        compare_layouts(folder, args.sizes, args.shard_size, args.per_participant_max, args.stub)
         if args.completed:
-            add_a_release(folder / "release", args.completed, args.added, args.shard_size)
+            add_a_release(
+                folder / "release", args.completed, args.added, args.shard_size, args.stub
+            )
 
 
 if __name__ == "__main__":

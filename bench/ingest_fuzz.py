@@ -16,6 +16,10 @@ perturbation           what it does                                           va
 ``ge_naming``          GE LAVA-Flex descriptions and ImageType                yes
 ``one_series``         each station's four channels in one series             yes
 ``missing_optional``   optional tags removed (SliceLocation, BodyPart, ...)   yes
+``enhanced``           each series packed into one enhanced multi-frame file  yes
+                       (frames in random order; after ``one_series``, the
+                       four channels' frames in one file, told apart by
+                       FrameType, under the description they share)
 ``station_spacing``    one station re-spaced to 3, 4.5 or 6 mm slices,        if the
                        its centre kept (pixels unchanged)                     stations
                                                                               still touch
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
 import sys
 import time
@@ -54,9 +59,10 @@ import pydicom
 from myoflow.core.shard_runner import INTERNAL_ERROR
 from myoflow.ingest.convert import convert_shard
 from myoflow.ingest.inventory import inventory_shard
-from myoflow.ingest.series import DEFAULT_PROTOCOLS, ProtocolRule
+from myoflow.ingest.series_rules import DEFAULT_PROTOCOLS, ProtocolRule
 from myoflow.ingest.settings import IngestSettings
 from myoflow.synth.cohort import CohortSpec, generate_cohort
+from myoflow.synth.enhanced import pack_enhanced
 from myoflow.synth.signal import ArtefactRates
 
 BASES = {"ukbb": 3, "nako": 2}
@@ -223,6 +229,23 @@ def one_series(folder: Path, rng: np.random.Generator) -> None:
     rewrite(folder, change)
 
 
+def enhanced(folder: Path, rng: np.random.Generator) -> None:
+    """Each series becomes one enhanced MR file, its frames in random order."""
+    for uid, paths in by_series(folder).items():
+        datasets = [pydicom.dcmread(p) for p in paths]
+        order = [int(i) for i in rng.permutation(len(datasets))]
+        frame_types = [list(datasets[i].ImageType) for i in order]
+        mixed = len({tuple(t) for t in frame_types}) > 1
+        packed = pack_enhanced(datasets, order=order, frame_types=frame_types if mixed else None)
+        if mixed:  # one file has one SeriesDescription: what the channels' names share
+            packed.SeriesDescription = os.path.commonprefix(
+                [str(d.SeriesDescription) for d in datasets]
+            )
+        for path in paths:
+            path.unlink()
+        packed.save_as(paths[0].parent / f"{uid}.dcm", enforce_file_format=True)
+
+
 def missing_optional(folder: Path, rng: np.random.Generator) -> None:
     chosen = [t for t in OPTIONAL_TAGS if rng.random() < 0.75] or [OPTIONAL_TAGS[0]]
 
@@ -279,6 +302,7 @@ PERTURBATIONS: dict[str, Callable[[Path, np.random.Generator], object]] = {
     "one_series": one_series,
     "missing_optional": missing_optional,
     "station_spacing": station_spacing,
+    "enhanced": enhanced,
 }
 ORDER = [
     "station_spacing",  # needs the writer's series numbers, before one_series merges them
@@ -290,6 +314,7 @@ ORDER = [
     "philips_naming",  # needs the writer's ImageType, so one vendor at a time
     "ge_naming",
     "one_series",
+    "enhanced",  # after the others that edit single-frame headers
     "shuffled_names",  # last: the others rewrite files in place
 ]
 """The order perturbations are applied in."""

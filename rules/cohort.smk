@@ -83,6 +83,8 @@ rule cohort_statistics:
         profiles=results("cohort/csa_profiles.tsv"),
         exclusions=results("cohort/exclusions.tsv"),
         manual=list(manual_annotations().values()),
+        # A synthetic cohort's planted values, shown beside the results (none: real data).
+        manifest=synthetic_manifest(),
     output:
         report(
             directory(results("cohort/tables")),
@@ -106,10 +108,13 @@ rule cohort_statistics:
         stats=stats_json(),
         manual=manual_arguments(),
         phenotypes=no_phenotypes_flag(),
+        manifest=lambda wildcards, input: (
+            f"--manifest {shlex.quote(str(input.manifest))}" if input.manifest else ""
+        ),
     shell:
         "myoflow analyse --participants {input.participants:q}"
         " --profiles {input.profiles:q} --exclusions {input.exclusions:q}"
-        " --stats {params.stats:q} {params.manual} {params.phenotypes}"
+        " --stats {params.stats:q} {params.manual} {params.phenotypes} {params.manifest}"
         " --out {output:q} > {log:q} 2>&1"
 
 

@@ -174,6 +174,12 @@ def manual_arguments():
     )
 
 
+def synthetic_manifest():
+    """Config synthetic_manifest if it is set and exists (a synthetic cohort), else nothing."""
+    path = config.get("synthetic_manifest")
+    return [path] if path and os.path.exists(path) else []
+
+
 def model_card():
     """The segmentation model's card if the configured model folder has one."""
     path = os.path.join(config.get("model", {}).get("dir", ""), "model_card.json")

@@ -4,8 +4,10 @@ a real browser renders; and the cohort rules under Snakemake, `--report` include
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -37,8 +39,8 @@ CARD = {
 def overlay(path: Path, value: int) -> None:
     """A stand-in overlay PNG (the QC stage draws the real ones)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = np.full((60, 90, 3), value, dtype=np.uint8)
-    image[20:40, 30:60] = (220, 40, 40)
+    image = np.full((376, 1500, 3), value, dtype=np.uint8)  # an overlay's size
+    image[100:250, 300:600] = (220, 40, 40)
     Image.fromarray(image).save(path)
 
 
@@ -47,6 +49,9 @@ def built(tmp_path_factory) -> Path:
     """60 participants gathered, analysed (with manual annotations), plotted, reported."""
     folder = tmp_path_factory.mktemp("report")
     phenotypes, truth = synth_cohort(folder / "synth", 60, seed=21)
+    for column in [c for c in truth.columns if c.startswith("ff_") and c != "ff_muscle"]:
+        # metrics.json has fat fractions per side (0-1); truth has them per muscle
+        truth[f"{column}_left"], truth[f"{column}_right"] = truth[column], truth[column] + 0.002
     write_pipeline(folder, phenotypes, truth, excluded={"ukbb000003": ("convert", "corrupt_file")})
     assert gather(folder) == 0
     cohort = folder / "cohort"
@@ -115,7 +120,10 @@ def test_the_report_loads_nothing_from_elsewhere(built):
     text = (built / "cohort" / "report.html").read_text()
     page = Resources()
     page.feed(text)
-    assert page.urls and all(u.startswith(("data:image/png;base64,", "#")) for u in page.urls)
+    # images embedded; the one link is the QC montage at full resolution beside the page
+    local = [u for u in page.urls if not u.startswith(("data:image/png;base64,", "#"))]
+    assert page.urls and set(local) == {"figures/qc_montage.png"}
+    assert (built / "cohort" / local[0]).is_file()
     assert not {"script", "link", "iframe", "object", "embed"} & set(page.tags)
     lowered = text.lower()
     for marker in ("http:", "https:", "//cdn", "@import", "url("):
@@ -131,12 +139,12 @@ def test_every_figure_is_embedded_with_its_caption(built):
         "percentiles_age",
         "percentiles_bmi",
     } <= set(index["name"])
-    assert {
-        "csa_profiles_age",
-        "csa_profiles_bmi",
-        "bland_altman_vol_iliopsoas_total_ml",
-        MONTAGE,
-    } <= set(index["name"])
+    assert {"csa_profiles_age", "csa_profiles_bmi", "bland_altman", MONTAGE} <= set(index["name"])
+    # the papers' figures first, the Bland-Altman grid after the biology
+    names = list(index["name"])
+    assert (
+        names.index("volume_height") < names.index("percentiles_age") < names.index("bland_altman")
+    )
     for name in index["name"]:
         assert (built / "cohort" / "figures" / f"{name}.png").is_file()
         if name != MONTAGE:
@@ -144,10 +152,13 @@ def test_every_figure_is_embedded_with_its_caption(built):
     text = (built / "cohort" / "report.html").read_text()
     images = text.split('src="data:image/png;base64,')[1:]
     assert len(images) == len(index)
-    for chunk, expected in zip(images, index["name"], strict=True):
+    for chunk, expected in zip(images, index["file"], strict=True):
         png = base64.b64decode(chunk.split('"', 1)[0])
         assert Image.open(io.BytesIO(png)).size[0] > 100
-        assert png == (built / "cohort" / "figures" / f"{expected}.png").read_bytes()
+        assert png == (built / "cohort" / "figures" / expected).read_bytes()
+    full = Image.open(built / "cohort" / "figures" / f"{MONTAGE}.png")
+    thumbnail = Image.open(built / "cohort" / "figures" / f"{MONTAGE}_thumbnail.png")
+    assert full.mode == "RGB" and thumbnail.size[0] <= full.size[0]
     for caption in index["caption"]:
         assert caption.replace("'", "&#x27;").split(":")[0] in text
 
@@ -160,7 +171,10 @@ def test_methods_come_from_config_model_card_and_counts(built):
     assert "vnet network (width x0.5)" in text and "ab" * 32 in text
     assert "iliopsoas 0.912 (n = 8)" in text
     assert "2.23 x 2.23 x 3 mm" in text
-    assert "imi_ml_m2 ~ np.minimum(age - 60, 0) + np.maximum(age - 60, 0)" in text
+    assert (
+        "Iliopsoas muscle index, IMI (ml/m²) ~ np.minimum(Age (years) - 60, 0) + "
+        "np.maximum(Age (years) - 60, 0)" in html.unescape(text)
+    )
     assert "myoflow 0.1.0" in text and "statsmodels" in text
     assert "Bland-Altman" in text
 
@@ -196,6 +210,91 @@ def test_chromium_renders_the_report(built, tmp_path):
     assert image.shape == (3000, 1200, 3)
     assert image.std() > 10  # text, tables and figures, not a blank or uniform page
     assert (image.reshape(-1, 3) < 100).all(axis=1).mean() > 0.002  # dark text drawn
+
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const raw = %s;
+  const text = document.body.innerText;
+  const clip = e => {
+    for (let p = e.parentElement; p && p !== document.body; p = p.parentElement) {
+      const o = getComputedStyle(p).overflowX;
+      if (o === "auto" || o === "scroll" || o === "hidden") return p;
+    }
+    return null;
+  };
+  const out = {
+    degenerate: text.match(/\\b-?(nan|inf|infinity)\\b/gi) || [],
+    raw: raw.filter(name => text.includes(name)),
+    fat: (text.match(/fat fraction/gi) || []).length,
+    scrollWidth: document.documentElement.scrollWidth,
+    viewport: window.innerWidth,
+    wide: [...document.querySelectorAll("body *")]
+      .filter(e => (clip(e) || e).getBoundingClientRect().right > window.innerWidth + 1)
+      .map(e => e.tagName + "#" + e.id).slice(0, 10),
+    montage: [...document.querySelectorAll("img[data-text-px]")].map(
+      i => i.getBoundingClientRect().width / i.naturalWidth * parseFloat(i.dataset.textPx)),
+    notEstimable: (text.match(/not estimable \\(n = \\d+/g) || []).length,
+  };
+  document.body.innerHTML = '<pre id="probe">' + JSON.stringify(out) + "</pre>";
+});
+</script>"""
+
+
+def probe_in_chromium(page: Path, raw_names: list[str], width: int = 1400) -> dict:
+    """What a reader sees of ``page`` in Chromium at ``width`` px: a copy of the page with a
+    script that measures the rendered page (its text, element boxes, the montage's text
+    size on screen) and writes the result in place of the page, read back by --dump-dom."""
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", PROBE % json.dumps(raw_names) + "</body>"))
+    done = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},1000"]
+        + ["--virtual-time-budget=20000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    probe.unlink()
+    found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
+    assert found, done.stderr[-2000:]
+    return json.loads(html.unescape(found[1]))
+
+
+def raw_column_names(participants: Path) -> list[str]:
+    """The analysis table's column names a reader should never see (and the % fat fractions)."""
+    columns = pd.read_csv(participants, sep="\t", nrows=1).columns
+    named = [c for c in columns if "_" in c and c != "participant_id"]
+    return named + [f"{c}_pct" for c in named if c.startswith("ff_") and c.count("_") >= 2]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
+def test_in_chromium_the_report_reads_as_a_paper(built):
+    """No nan, inf or raw column names visible, fat fraction present, nothing wider than
+    the page (tables scroll inside it), the QC montage's text at least 10 px on screen."""
+    cohort = built / "cohort"
+    seen = probe_in_chromium(cohort / "report.html", raw_column_names(cohort / "participants.tsv"))
+    assert seen["degenerate"] == []
+    assert seen["raw"] == []
+    assert seen["fat"] >= 2
+    assert seen["scrollWidth"] <= seen["viewport"] and seen["wide"] == []
+    assert seen["montage"] and min(seen["montage"]) >= 10.0
+
+
+DEMO = ROOT / "results" / "demo" / "cohort" / "report.html"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
+@pytest.mark.skipif(not DEMO.is_file(), reason="no demo report (run `make demo` first)")
+def test_in_chromium_the_demo_report_reads_as_a_paper(tmp_path):
+    """The same on the demo's own report, where `make demo` has written one."""
+    page = tmp_path / "report.html"
+    shutil.copytree(DEMO.parent / "figures", tmp_path / "figures")
+    page.write_text(DEMO.read_text())
+    seen = probe_in_chromium(page, raw_column_names(DEMO.parent / "participants.tsv"))
+    assert seen["degenerate"] == [] and seen["raw"] == []
+    assert seen["fat"] >= 2
+    assert seen["scrollWidth"] <= seen["viewport"] and seen["wide"] == []
+    assert seen["montage"] and min(seen["montage"]) >= 10.0
 
 
 @pytest.mark.workflow

@@ -19,18 +19,18 @@ import pytest
 import SimpleITK as sitk
 from dicom_helpers import TEST_PATIENT, UID_ROOT, dcm2niix_binary, write_slice
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels.decoders import JPEG2000LosslessDecoder, JPEGLSLosslessDecoder
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
 
 from myoflow.commands import convert_series
 from myoflow.core.errors import MyoflowError
 from myoflow.core.volume import Volume
 from myoflow.ingest.dicom import group_by_series, read_datasets, series_volumes
 from myoflow.ingest.dicom_errors import SERIES_REASONS, DicomError
-from myoflow.ingest.image_types import SubSeries, group_by_subseries, image_class
+from myoflow.ingest.image_class import image_class
+from myoflow.ingest.image_types import SubSeries, group_by_subseries
 from myoflow.synth.dicom_writer import SeriesInfo, write_series
+from myoflow.synth.enhanced import pack_enhanced
 
 # Odd, unequal sizes and spacings: any swap of i/j, rows/columns or PixelSpacing order
 # changes a shape or a position.
@@ -366,47 +366,10 @@ def test_unknown_reason_is_a_bug():
 # --- enhanced multi-frame ----------------------------------------------------------------
 
 
-def _enhanced(datasets: list[Dataset], echo_times=None, order=None) -> Dataset:
-    """Pack single-frame datasets into one enhanced MR dataset (frames in ``order``)."""
-    order = list(range(len(datasets))) if order is None else order
-    first = datasets[0]
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    for keyword in ("Modality", "SeriesInstanceUID", "Rows", "Columns", "SamplesPerPixel",
-                    "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
-                    "PixelRepresentation"):  # fmt: skip
-        setattr(ds, keyword, first.data_element(keyword).value)
-    ds.NumberOfFrames = len(order)
-    shared = Dataset()
-    measures, plane = Dataset(), Dataset()
-    measures.PixelSpacing = first.PixelSpacing
-    plane.ImageOrientationPatient = first.ImageOrientationPatient
-    shared.PixelMeasuresSequence = Sequence([measures])
-    shared.PlaneOrientationSequence = Sequence([plane])
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
-    frames = []
-    for n, index in enumerate(order):
-        source = datasets[index]
-        item, position, values = Dataset(), Dataset(), Dataset()
-        position.ImagePositionPatient = source.ImagePositionPatient
-        values.RescaleSlope, values.RescaleIntercept = source.RescaleSlope, "0"
-        item.PlanePositionSequence = Sequence([position])
-        item.PixelValueTransformationSequence = Sequence([values])
-        if echo_times is not None:
-            echo = Dataset()
-            echo.EffectiveEchoTime = echo_times[n]
-            item.MREchoSequence = Sequence([echo])
-        frames.append(item)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
-    ds.PixelData = b"".join(datasets[i].PixelData for i in order)
-    return ds
-
-
 def test_enhanced_multiframe_gives_the_single_frame_volume(axial):
     datasets = _read(axial)
     (single,) = series_volumes(datasets)
-    (multi,) = series_volumes([_enhanced(datasets, order=[3, 0, 6, 1, 5, 2, 4])])
+    (multi,) = series_volumes([pack_enhanced(datasets, order=[3, 0, 6, 1, 5, 2, 4])])
     np.testing.assert_array_equal(multi.array, single.array)
     np.testing.assert_allclose(multi.affine_lps, single.affine_lps, atol=1e-9)
 
@@ -415,12 +378,12 @@ def test_enhanced_multiframe_splits_echoes_and_refuses_4d(axial):
     datasets = _read(axial)
     (single,) = series_volumes(datasets)
     twice = list(range(7)) * 2
-    echoes = series_volumes([_enhanced(datasets, [4.77] * 7 + [2.39] * 7, twice)])
+    echoes = series_volumes([pack_enhanced(datasets, [4.77] * 7 + [2.39] * 7, twice)])
     assert [v.echo for v in echoes] == [1, 2]  # ranked by echo time
     for volume in echoes:
         np.testing.assert_array_equal(volume.array, single.array)
     with pytest.raises(DicomError, match="4-D") as caught:
-        series_volumes([_enhanced(datasets, order=twice)])
+        series_volumes([pack_enhanced(datasets, order=twice)])
     assert caught.value.reason == "multiframe"
 
 

@@ -19,6 +19,7 @@ from dicom_helpers import SERIES, make_dicom_folder, write_slice, zip_folder
 from myoflow.core.errors import ParticipantExcluded
 from myoflow.ingest import convert as conv
 from myoflow.ingest import inventory as inv
+from myoflow.ingest import sources
 from myoflow.ingest.limits import (
     DEFAULT_LIMITS,
     LIMIT_REASONS,
@@ -250,3 +251,37 @@ def test_limits_from_config():
     ]:
         with pytest.raises(LimitsError, match=message):
             DeliveryLimits.from_config(bad)
+
+
+def many_entries(archive: Path, count: int) -> Path:
+    """A zip of ``count`` empty files (ZIP64 end records beyond 65,535)."""
+    with zipfile.ZipFile(archive, "w") as zf:
+        for n in range(count):
+            zf.writestr(f"f{n}", b"")
+    return archive
+
+
+@pytest.mark.parametrize("count", [5_000, 70_000], ids=["zip", "zip64"])
+def test_a_zip_declaring_too_many_entries_is_refused_before_its_directory_is_read(
+    count, tmp_path, monkeypatch
+):
+    archive = many_entries(tmp_path / "P.zip", count)
+    assert sources.zip_entry_count(archive) == count
+
+    def no_directory(*args, **kwargs):
+        raise AssertionError("the central directory was parsed")
+
+    monkeypatch.setattr(sources.zipfile, "ZipFile", no_directory)
+    excluded, _ = refused(lambda: list(sources.zip_members(archive, DeliveryLimits(max_files=100))))
+    assert excluded.reason == "delivery_too_large"
+    assert f"declares {count} entries" in excluded.detail
+
+
+def test_entry_count_of_a_zip_with_a_comment_and_of_a_non_zip(folder, tmp_path):
+    archive = zip_folder(folder, tmp_path / "P2.zip")
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.comment = b"a comment after the end record " * 300
+    with zipfile.ZipFile(archive) as zf:
+        assert sources.zip_entry_count(archive) == len(zf.infolist())
+    (tmp_path / "not.zip").write_bytes(b"plain text")
+    assert sources.zip_entry_count(tmp_path / "not.zip") is None

@@ -28,7 +28,8 @@ import pytest
 
 from myoflow.core.volume import Volume
 from myoflow.ingest.dicom import group_by_series, read_datasets, series_volumes
-from myoflow.ingest.image_types import MAGNITUDE, split_series
+from myoflow.ingest.image_class import MAGNITUDE
+from myoflow.ingest.image_types import split_series
 
 DATA = Path(__file__).parent / "data" / "real_dicom"
 TOL_MM = 0.01
@@ -49,14 +50,11 @@ MATCHES_DCM2NIIX: dict[str, dict[tuple[int | None, str], str]] = {
     # Canon Galan 3T, oblique (~20 degrees sagittal angulation), signed pixels: the 40
     # slices of the b=0 volume (files 5000_001-040 of a 13-volume DTI series).
     "dcm_qa_canon_61/5000_DTI_PA-SAG_20d_b0": {(None, M): "ref"},
-    # Philips Achieva dStream enhanced multi-frame B0 map: ONE series mixing 32 magnitude
-    # frames (EffectiveEchoTime 1.52 ms) and 32 field-map frames in Hz (FrameType
-    # FIELD_MAP, EffectiveEchoTime 0). Accepted today, but as two "echoes" ranked by echo
-    # time, so the field map comes out as echo 1 and the magnitude as echo 2; dcm2niix
-    # writes the magnitude as _e1 and the field map as _e2_fieldmaphz. The voxels and
-    # geometry equal dcm2niix's; the echo labels are wrong. Enhanced multi-frame files are
-    # split by echo only (inside series_volumes), not yet by the frames' image type.
-    "dcm_qa_enh/Philips_801_B0_NS": {(1, M): "ref_e2_fieldmaphz", (2, M): "ref_e1"},
+    # Philips Achieva dStream enhanced multi-frame B0 map: ONE file mixing 32 magnitude
+    # frames (FrameType ...\M, EffectiveEchoTime 1.52 ms) and 32 field-map frames in Hz
+    # (FrameType ...\FIELD_MAP, ComplexImageComponent REAL, EffectiveEchoTime 0), split
+    # frame by frame by FrameType; dcm2niix writes them as _e1 and _e2_fieldmaphz.
+    "dcm_qa_enh/Philips_801_B0_NS": {(None, M): "ref_e1", (None, "fieldmap"): "ref_e2_fieldmaphz"},
     # Philips Ingenia Elition X classic field map, slices 1-4 of 53: one series with
     # magnitude (ImageType ...\M\FFE) and phase (...\PHASE MAP\P\FFE) images of two
     # echoes at each position, split as dcm2niix splits it into four volumes.
@@ -89,7 +87,7 @@ def _read(series: str, tmp_path: Path) -> dict[tuple[int | None, str], Volume]:
     ((uid, datasets),) = groups.items()
     volumes = {}
     for key, members in split_series(uid, datasets).items():
-        for volume in series_volumes(members):
+        for volume in series_volumes(members, key.part):
             echo = key.echo if key.echo is not None else volume.echo
             volumes[(echo, key.part)] = volume
     return volumes

@@ -9,16 +9,13 @@ import pytest
 from pydicom.dataset import Dataset
 
 from myoflow.core.errors import ParticipantExcluded
-from myoflow.ingest.series import (
+from myoflow.ingest.series import SeriesSummary, classify_channel, sort_series, summarise
+from myoflow.ingest.series_rules import (
     CHANNELS,
     DEFAULT_CHANNEL_RULES,
     ChannelRule,
     ProtocolRule,
     RuleError,
-    SeriesSummary,
-    classify_channel,
-    sort_series,
-    summarise,
 )
 
 # What the synthetic writer (and the scanners it imitates) put in ImageType.

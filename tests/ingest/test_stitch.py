@@ -155,6 +155,35 @@ def test_touching_stations_are_not_a_gap():
     np.testing.assert_allclose(result, grid_values(linear, grid), rtol=1e-5)
 
 
+@pytest.mark.parametrize("oblique", [False, True], ids=["axial", "oblique"])
+@pytest.mark.parametrize("gap_mm", [0.02, 0.06, 0.099])
+def test_a_gap_within_tolerance_is_bridged_with_no_empty_slice(gap_mm, oblique):
+    """Stations a hair apart pass the gap check; a grid slice inside the gap must take a
+    station's edge value, not be left at 0 (it was, while the check allowed 0.1 mm and
+    coverage bridged 3 um)."""
+    tilt = np.deg2rad(1e-3 if oblique else 0.0)  # oblique enough for the general path
+    cos, sin = np.cos(tilt), np.sin(tilt)
+    direction = np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]])
+    lower = slab(z_ramp, (9, 7, 12), SPACING, (-12.0, 10.0, 0.0), direction)
+    # LOWER's top edge is at 57.5 mm; the upper station's bottom edge gap_mm above it.
+    upper = slab(z_ramp, (9, 7, 12), SPACING, (-12.0, 10.0, 60.0 + gap_mm), direction)
+    arrays, affines = [upper[0], lower[0]], [upper[1], lower[1]]
+    # One grid slice in the middle of the gap.
+    middle = 57.5 + gap_mm / 2
+    grid = Grid((9, 7, 3), (3.0, 4.0, 3.0), (-12.0, 10.0, middle - 3.0))
+    result = stitch.stitch(arrays, affines, grid)
+    assert (result[1:-1, 1:-1] > 0).all()
+    edge_values = {float(z_ramp(np.array([[0.0], [0.0], [z]]))[0]) for z in (55.0, 60.0 + gap_mm)}
+    assert any(np.isclose(result[4, 3, 1], value, rtol=1e-3) for value in edge_values)
+
+
+def test_a_gap_beyond_tolerance_is_refused_however_small():
+    apart = slab(linear, (9, 7, 12), SPACING, (-12.0, 10.0, 60.0 + 1.5 * stitch.GAP_TOLERANCE_MM))
+    grid = stitch.common_grid([apart[0].shape, LOWER[0].shape], [apart[1], LOWER[1]], None)
+    with pytest.raises(stitch.StitchError, match="station_gap|apart"):
+        stitch.stitch([apart[0], LOWER[0]], [apart[1], LOWER[1]], grid)
+
+
 def test_separable_and_general_paths_agree_for_permuted_and_flipped_axes():
     # i runs posterior->anterior, j along +x, k downwards: still axis-aligned.
     direction = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
@@ -328,7 +357,8 @@ def test_points_within_tolerance_of_an_edge_are_covered_and_take_the_edge_value(
     origin = (0.0, 0.0, 22.5 if feet_first else 0.0)  # centres 0 to 22.5 mm either way
     array, affine = slab(z_ramp, (4, 3, 6), (2.0, 2.0, step), origin, direction)
     bottom, top = (array[..., -1], array[..., 0]) if feet_first else (array[..., 0], array[..., -1])
-    tolerance_mm = stitch.COVER_TOLERANCE_VOXELS * 4.5
+    tolerance_mm = stitch.z_tolerance_voxels(4.5) * 4.5  # along z: half the gap tolerance
+    assert tolerance_mm == pytest.approx(stitch.GAP_TOLERANCE_MM / 2)
     cases = [  # z (mm), covered, value there
         (-2.25, True, bottom),  # the half-voxel edges
         (24.75, True, top),

@@ -19,8 +19,10 @@ from dicom_helpers import UID_ROOT, write_slice
 
 from myoflow.core.errors import ParticipantExcluded
 from myoflow.ingest.prepare import prepare_participant
-from myoflow.ingest.series import CHANNELS, DEFAULT_CHANNEL_RULES, classify_channel
+from myoflow.ingest.series import classify_channel
+from myoflow.ingest.series_rules import CHANNELS, DEFAULT_CHANNEL_RULES
 from myoflow.ingest.settings import IngestSettings
+from myoflow.synth.enhanced import pack_enhanced
 from myoflow.synth.scanner_tags import channel_tags
 
 # Station 1 above station 2; they share one 3 mm slice position (z = 0).
@@ -175,6 +177,32 @@ def test_one_philips_series_holding_w_f_ip_op_gives_all_four(tmp_path):
         delivery.series("sWIP mDIXON BH", images)
     prepared = prepare_participant(tmp_path / "P", SETTINGS)
     assert_four_channels_stitched(prepared)
+    assert prepared.acquisition["ignored_series"] == []
+
+
+def test_one_enhanced_philips_file_holding_w_f_ip_op_frames_gives_all_four(tmp_path):
+    r"""Philips exports mDIXON as enhanced MR too: one file per station whose frames are
+    the four maps (FrameType ...\W\W\DERIVED and so on), split frame by frame."""
+    _, naming = VENDORS["philips"]
+    classic = Delivery(tmp_path / "classic", "Philips Medical Systems")
+    for station in (1, 2):
+        images = [(naming[c][1], z, {}) for z in STATION_Z[station] for c in CHANNELS]
+        classic.series("sWIP mDIXON BH", images)
+    enhanced = tmp_path / "enhanced"
+    enhanced.mkdir()
+    for series in sorted((tmp_path / "classic").iterdir()):
+        files = sorted(series.glob("*.dcm"), key=lambda p: int(p.stem.split("_")[1]))
+        datasets = [pydicom.dcmread(p) for p in files]
+        order = list(range(len(datasets)))[::-1]  # frames in no particular order
+        packed = pack_enhanced(
+            datasets, order=order, frame_types=[list(datasets[i].ImageType) for i in order]
+        )
+        packed.save_as(enhanced / f"{series.name}.dcm", enforce_file_format=True)
+    prepared = prepare_participant(enhanced, SETTINGS)
+    assert_four_channels_stitched(prepared)
+    reference = prepare_participant(tmp_path / "classic", SETTINGS)
+    for channel in CHANNELS:
+        np.testing.assert_array_equal(prepared.stitched(channel), reference.stitched(channel))
     assert prepared.acquisition["ignored_series"] == []
 
 

@@ -21,6 +21,7 @@ from myoflow.commands import (
     refine,
     report,
     segment,
+    status,
     synth,
     train,
 )
@@ -43,6 +44,7 @@ COMMANDS = [
     analyse,
     plot,
     report,
+    status,
 ]
 """Command modules, each with ``add_parser(subparsers)`` and ``run(args)``."""
 

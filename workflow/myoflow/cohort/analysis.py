@@ -38,15 +38,19 @@ rest run over the whole cohort (:mod:`myoflow.cohort.analysis_overall`: ``volume
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from myoflow.cohort import analysis_by_sex as by_sex
+from myoflow.cohort import papers
+from myoflow.cohort.analysis_runner import AnalysisResult, Runner
 from myoflow.cohort.analysis_tables import ID, with_profile_columns
-from myoflow.cohort.stats import agreement, correlate, describe, gam, normative, regress, ttests
+from myoflow.cohort.estimable import AnalysisWarning, MinimumSizes
+from myoflow.cohort.stats import agreement, correlate, describe, normative, ttests
 from myoflow.cohort.stats._common import StatsInputError
 from myoflow.cohort.stats.cohort import AnalysisCohort
 from myoflow.cohort.stats.groups import NAKO_AGE_EDGES, WHO_BMI_EDGES, WHO_BMI_LABELS
@@ -123,6 +127,8 @@ class AnalysisSettings:
         default_factory=lambda: dict(normative.PROFILE_COLUMNS)
     )
     outlier_columns: tuple[str, ...] = ("vol_iliopsoas_total_ml", "vol_gluteus_total_ml")
+    minimum: MinimumSizes = field(default_factory=MinimumSizes)
+    outlier_min_n: int = 5
 
     @classmethod
     def from_config(cls, stats: Mapping[str, Any]) -> AnalysisSettings:
@@ -158,69 +164,19 @@ class AnalysisSettings:
             outlier_columns=tuple(
                 (stats.get("outliers", {}) or {}).get("columns", d.outlier_columns)
             ),
+            minimum=MinimumSizes.from_config(stats.get("min_group_size")),
+            outlier_min_n=int(
+                (stats.get("outliers", {}) or {}).get("min_group_size", d.outlier_min_n)
+            ),
         )
-
-
-@dataclass(frozen=True)
-class AnalysisResult:
-    """Named tables and the record of which analyses ran.
-
-    Attributes:
-        tables: table name -> tidy DataFrame (see the module docstring).
-        analyses: analysis, status (``ok``/``skipped``), tables, message.
-    """
-
-    tables: dict[str, pd.DataFrame]
-    analyses: pd.DataFrame
 
 
 # ---------------------------------------------------------------- the analyses
 
 
-class _Runner:
-    """Runs analyses, keeping their tables and recording the ones the data cannot support."""
-
-    def __init__(self) -> None:
-        self.tables: dict[str, pd.DataFrame] = {}
-        self.records: list[dict[str, str]] = []
-
-    def __call__(
-        self, name: str, func: Callable[[], Mapping[str, pd.DataFrame]], note: str = ""
-    ) -> None:
-        try:
-            produced = dict(func())
-        except (StatsInputError, np.linalg.LinAlgError) as err:
-            self.records.append(
-                {"analysis": name, "status": "skipped", "tables": "", "message": str(err)}
-            )
-            return
-        for table, frame in produced.items():
-            if table in self.tables:  # several analyses feed one table (regressions)
-                frame = pd.concat([self.tables[table], frame], ignore_index=True)
-            self.tables[table] = frame
-        self.records.append(
-            {"analysis": name, "status": "ok", "tables": ",".join(produced), "message": note}
-        )
-
-    def skip(self, name: str, message: str) -> None:
-        """Record ``name`` as not run, and why (e.g. :data:`NEEDS_PHENOTYPES`)."""
-        self.records.append(
-            {"analysis": name, "status": "skipped", "tables": "", "message": message}
-        )
-
-    def result(self) -> AnalysisResult:
-        """The tables so far, with the record of the analyses as table ``analyses``."""
-        analyses = pd.DataFrame(self.records, columns=["analysis", "status", "tables", "message"])
-        return AnalysisResult(tables=self.tables | {"analyses": analyses}, analyses=analyses)
-
-    def skip_all(self, message: str) -> None:
-        """Record that no analysis beyond the flow could run, and why."""
-        self.records.append(
-            {"analysis": "all", "status": "skipped", "tables": "", "message": message}
-        )
-
-
 MIN_PARTICIPANTS = 3
+EXCLUSIONS_LISTED = 50
+"""Excluded participants listed by name in ``exclusion_list`` (the first ones)."""
 """Fewest participants in the analysis table for the cohort statistics to run at all."""
 
 
@@ -232,18 +188,27 @@ def _present(table: pd.DataFrame, columns: Sequence[str], what: str) -> list[str
 
 
 def _regression(
-    table: pd.DataFrame, spec: Regression, level: float, by: str | None = SEX
+    table: pd.DataFrame,
+    spec: Regression,
+    s: AnalysisSettings,
+    by: str | None = SEX,
 ) -> dict[str, pd.DataFrame]:
     """One configured regression's tables, each row labelled with its name and formula."""
-    data = _narrow(table, *_formula_columns(table, spec.formula))
-    fit = regress.ols(data, spec.formula, by=by, predict_over=spec.predict_over, level=level)
+    columns = _formula_columns(table, spec.formula)
+    data = _narrow(table, *columns) if by else table[columns]
+    out = by_sex.regression(
+        data,
+        spec.formula,
+        columns,
+        spec.predict_over,
+        s.minimum,
+        s.level,
+        by_sex=by is not None,
+    )
     labels = {"regression": spec.name, "formula": spec.formula}
-    out = {
-        "regression_coefficients": fit.coefficients.assign(**labels),
-        "regression_models": fit.models.assign(**labels),
-    }
-    if len(fit.predictions):
-        out["regression_predictions"] = fit.predictions.assign(**labels, x=spec.predict_over)
+    out = {name: frame.assign(**labels) for name, frame in out.items()}
+    if "regression_predictions" in out:
+        out["regression_predictions"] = out["regression_predictions"].assign(x=spec.predict_over)
     return {name: frame[[*labels, *_after_labels(frame, labels)]] for name, frame in out.items()}
 
 
@@ -252,16 +217,20 @@ def _after_labels(frame: pd.DataFrame, labels: Mapping[str, str]) -> list[str]:
     return [c for c in frame.columns if c not in labels]
 
 
-def _handedness_ttest(table: pd.DataFrame, metric: str, level: float) -> dict[str, pd.DataFrame]:
-    return {
-        "handedness_ttest": ttests.welch_ttests(
-            table, [metric], "handedness", "right", "left", by=SEX, level=level
-        )
-    }
+def _unit(metric: str) -> str:
+    """The unit a metric's name ends in (``_ml`` -> ml, ``_cm2`` -> cm²)."""
+    for suffix, unit in (("_ml_m2", "ml/m²"), ("_ml", "ml"), ("_cm2", "cm²"), ("_pct", "%")):
+        if metric.endswith(suffix):
+            return unit
+    return ""
 
 
 def _agreement(
-    table: pd.DataFrame, manual: pd.DataFrame | None, dice: pd.DataFrame | None, level: float
+    table: pd.DataFrame,
+    manual: pd.DataFrame | None,
+    dice: pd.DataFrame | None,
+    level: float,
+    minimum: int = 3,
 ) -> dict[str, pd.DataFrame]:
     out: dict[str, pd.DataFrame] = {}
     if manual is not None:
@@ -280,29 +249,39 @@ def _agreement(
         joined = table[[ID, *{m for m, _ in pairs.values()}]].merge(
             manual[[ID, *reference]], on=ID, how="inner"
         )
-        result = agreement.bland_altman(joined, pairs, level=level)
-        out |= {"bland_altman": result.summary, "bland_altman_points": result.points}
+        counts = joined[[c for pair in pairs.values() for c in pair]].notna()
+        enough = {
+            m: pair
+            for m, pair in pairs.items()
+            if int(counts[list(pair)].all(axis=1).sum()) >= max(minimum, 3)
+        }
+        if not enough:
+            raise StatsInputError(
+                f"fewer than {max(minimum, 3)} participants with manual and automatic values"
+            )
+        absolute = agreement.bland_altman(joined, enough, level=level)
+        relative = agreement.bland_altman(joined, enough, level=level, relative=True)
+        units = {m: _unit(m) for m in enough}
+        out |= {
+            "bland_altman": pd.concat(
+                [
+                    absolute.summary.assign(unit=absolute.summary["measure"].map(units)),
+                    relative.summary.assign(unit="%"),
+                ],
+                ignore_index=True,
+            ),
+            "bland_altman_points": pd.concat(
+                [
+                    absolute.points.assign(unit=absolute.points["measure"].map(units)),
+                    relative.points.assign(unit="%"),
+                ],
+                ignore_index=True,
+            ),
+        }
     if dice is not None:
         by = [c for c in ("structure", "side") if c in dice.columns]
         out["dice"] = agreement.dice_summary(dice, by=by)
     return out
-
-
-def _outlier_counts(
-    table: pd.DataFrame, columns: Sequence[str], by: str | None = SEX
-) -> dict[str, pd.DataFrame]:
-    if "outlier_columns" not in table.columns:
-        raise StatsInputError("the analysis table has no outlier_columns (cohort flags)")
-    flagged = table["outlier_columns"].fillna("").astype(str)
-    rows = []
-    groups = table.groupby(by, sort=True) if by is not None else [(None, table)]
-    for group, part in groups:
-        names = flagged.loc[part.index].str.split(";")
-        for column in columns:
-            n = int(names.map(lambda items, c=column: c in items).sum())
-            key = {} if by is None else {by: group}
-            rows.append({"column": column, **key, "n": len(part), "flagged": n})
-    return {"outlier_counts": pd.DataFrame(rows)}
 
 
 def _narrow(table: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -325,6 +304,7 @@ def run_analysis(
     manual: pd.DataFrame | None = None,
     dice: pd.DataFrame | None = None,
     phenotypes: bool = True,
+    manifest: Mapping[str, Any] | None = None,
 ) -> AnalysisResult:
     """Run every configured analysis on ``cohort``'s analysis table.
 
@@ -342,13 +322,31 @@ def run_analysis(
         phenotypes: whether a phenotype table was configured. ``False``: the analyses
             that need phenotypes are skipped with :data:`NEEDS_PHENOTYPES` and those the
             measurements support alone run over the whole cohort (module docstring).
+        manifest: a synthetic cohort's ``manifest.json``: its planted values join the
+            ``papers`` table and its grid the ``synthetic_cohort`` table.
 
     Returns:
         The tables and the ``analyses`` record; the latter is also ``tables["analyses"]``.
     """
     s = settings if settings is not None else AnalysisSettings()
-    run = _Runner()
-    run("flow", lambda: {"flow": cohort.flow(), "exclusion_counts": cohort.exclusion_counts()})
+    run = Runner()
+    run(
+        "flow",
+        lambda: {
+            "flow": cohort.flow(),
+            "exclusion_counts": cohort.exclusion_counts(),
+            # who, for a cohort small enough to list (the report shows it)
+            "exclusion_list": cohort.exclusions.head(EXCLUSIONS_LISTED)[
+                [
+                    c
+                    for c in ("participant_id", "stage", "reason", "detail")
+                    if c in cohort.exclusions
+                ]
+            ],
+        },
+    )
+    if manifest:
+        run("synthetic_cohort", lambda: {"synthetic_cohort": papers.synthetic_cohort(manifest)})
     if len(cohort.table) < MIN_PARTICIPANTS:
         # Everyone excluded (or nearly): the flow and exclusions are the result, and
         # every analysis is recorded as skipped rather than failing deep in a library.
@@ -363,35 +361,34 @@ def run_analysis(
         run_without_phenotypes(run, cohort, s, profiles, manual, dice)
         return run.result()
     table = normative.with_strata(
-        cohort.table.drop(columns=[c for c in profile_names if c in cohort.table.columns]),
+        by_sex.with_fat_fraction_percent(
+            cohort.table.drop(columns=[c for c in profile_names if c in cohort.table.columns])
+        ),
         age_edges=s.age_edges,
         age_labels=s.age_labels,
         bmi_edges=s.bmi_edges,
         bmi_labels=s.bmi_labels,
     )
+    least = s.minimum
 
     def table1() -> dict[str, pd.DataFrame]:
-        t1 = describe.table1(
-            _narrow(table, *s.table1_continuous, *s.table1_categorical),
-            SEX,
-            continuous=s.table1_continuous,
-            categorical=s.table1_categorical,
-        )
-        return {"table1": t1, "table1_display": describe.display_table1(t1)}
+        continuous = [c for c in s.table1_continuous if c in table.columns]
+        categorical = [c for c in s.table1_categorical if c in table.columns]
+        data = _narrow(table, *continuous, *categorical)
+        return by_sex.table1(data, continuous, categorical, least)
 
     def table1_tests() -> dict[str, pd.DataFrame]:
         continuous = _present(table, s.table1_continuous, "Table 1 continuous variables")
         data = _narrow(table, *continuous)
-        return {"table1_tests": ttests.welch_ttests(data, continuous, SEX, "M", "F", level=s.level)}
+        return {"table1_tests": by_sex.welch_by_sex(data, continuous, least, s.level)}
 
     def table2() -> dict[str, pd.DataFrame]:
         metrics = _present(table, s.table2_metrics, "Table 2 metrics")
-        t2 = describe.table2(_narrow(table, *metrics), metrics, level=s.level)
-        return {"table2": t2, "table2_display": describe.display_table2(t2)}
+        return by_sex.table2(_narrow(table, *metrics), metrics, least, s.level)
 
     def asymmetry() -> dict[str, pd.DataFrame]:
         pairs = [c for pair in ttests.ASYMMETRY_PAIRS.values() for c in pair]
-        return {"asymmetry": ttests.asymmetry_tests(_narrow(table, *pairs), level=s.level)}
+        return {"asymmetry": by_sex.asymmetry(_narrow(table, *pairs), least, s.level)}
 
     run("table1", table1)
     run("table1_tests", table1_tests)
@@ -401,38 +398,40 @@ def run_analysis(
     run(
         "handedness_anova",
         lambda: {
-            "handedness_anova": ttests.one_way_anova(
-                handedness, s.asymmetry_metric, "handedness", by=SEX
+            "handedness_anova": by_sex.handedness_anova(handedness, s.asymmetry_metric, least)
+        },
+    )
+    run(
+        "handedness_ttest",
+        lambda: {
+            "handedness_ttest": by_sex.handedness_ttest(
+                handedness, s.asymmetry_metric, least, s.level
             )
         },
     )
-    run("handedness_ttest", lambda: _handedness_ttest(handedness, s.asymmetry_metric, s.level))
     pairs = [c for pair in s.correlations for c in pair]
     run(
         "correlations",
         lambda: {
-            "correlations": correlate.correlations(
-                _narrow(table, *pairs), s.correlations, level=s.level
+            "correlations": by_sex.correlations(
+                _narrow(table, *pairs), s.correlations, least, s.level
             )
         },
     )
     for spec in s.regressions:
-        run(f"regression {spec.name}", lambda spec=spec: _regression(table, spec, s.level))
-
-    def gams() -> dict[str, pd.DataFrame]:
-        metrics = _present(table, s.gam_metrics, "GAM metrics")
-        fit = gam.fit_gam(
-            _narrow(table, s.gam_x, *metrics),
-            metrics,
+        run(f"regression {spec.name}", lambda spec=spec: _regression(table, spec, s))
+    run(
+        "gam",
+        lambda: by_sex.gams(
+            _narrow(table, s.gam_x, *_present(table, s.gam_metrics, "GAM metrics")),
+            _present(table, s.gam_metrics, "GAM metrics"),
             s.gam_x,
-            by=SEX,
             k=s.gam_k,
             method=s.gam_method,
+            minimum=least,
             level=s.level,
-        )
-        return {"gam_curves": fit.curves, "gam_summary": fit.summary}
-
-    run("gam", gams)
+        ),
+    )
     for name, group, metrics, what in (
         ("percentiles_age", "age_group", s.normative_metrics, "normative metrics"),
         ("percentiles_bmi", "bmi_class", s.bmi_class_metrics, "BMI class metrics"),
@@ -440,11 +439,12 @@ def run_analysis(
         run(
             name,
             lambda name=name, group=group, metrics=metrics, what=what: {
-                name: normative.percentiles(
+                name: by_sex.percentiles(
                     _narrow(table, group, *_present(table, metrics, what)),
                     _present(table, metrics, what),
                     (SEX, group),
                     s.percentiles,
+                    least.percentiles,
                 )
             },
         )
@@ -456,21 +456,28 @@ def run_analysis(
             joined.append(_profile_table(strata, profiles, s.profile_columns))
         return joined[0]
 
-    for name, group in (("csa_profiles_age", "age_group"), ("csa_profiles_bmi", "bmi_class")):
-        run(
-            name,
-            lambda group=group, name=name: {
-                name: normative.profile_percentiles(
-                    profile_table(), s.profile_columns, (SEX, group), s.percentiles
-                )
-            },
+    def csa_profiles(name: str, group: str) -> dict[str, pd.DataFrame]:
+        summary = normative.profile_percentiles(
+            profile_table(), s.profile_columns, (SEX, group), s.percentiles
         )
+        kept, dropped = by_sex.drop_small_cells(summary, (SEX, group), least.profiles)
+        if dropped:
+            warnings.warn(f"cells left out: {dropped}", AnalysisWarning, stacklevel=1)
+        return {name: kept}
+
+    for name, group in (("csa_profiles_age", "age_group"), ("csa_profiles_bmi", "bmi_class")):
+        run(name, lambda group=group, name=name: csa_profiles(name, group))
     if manual is not None or dice is not None:
-        run("agreement", lambda: _agreement(table, manual, dice, s.level))
+        run("agreement", lambda: _agreement(table, manual, dice, s.level, least.agreement))
     run(
         "outliers",
-        lambda: _outlier_counts(_narrow(table, "outlier_columns"), s.outlier_columns),
+        lambda: {
+            "outlier_counts": by_sex.outlier_counts(
+                _narrow(table, "outlier_columns"), s.outlier_columns, s.outlier_min_n
+            )
+        },
     )
+    run("papers", lambda: {"papers": papers.papers_table(run.tables, manifest, run.skipped())})
     return run.result()
 
 
@@ -483,3 +490,6 @@ def _profile_table(
     numbered = with_profile_columns(profiles, columns)
     numbered = numbered.assign(**{ID: numbered[ID].astype(str)})
     return strata.merge(numbered, on=ID, how="inner")
+
+
+__all__ = ["AnalysisResult", "AnalysisSettings", "Regression", "run_analysis"]

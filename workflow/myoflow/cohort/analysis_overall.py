@@ -19,24 +19,24 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from myoflow.cohort import analysis_by_sex as by_sex
 from myoflow.cohort.analysis import (
     ID,
     NEEDS_PHENOTYPES,
     PHENOTYPE_COLUMNS,
     AnalysisSettings,
     _agreement,
-    _outlier_counts,
     _present,
     _profile_table,
     _regression,
-    _Runner,
 )
-from myoflow.cohort.stats import correlate, describe, gam, normative, ttests
+from myoflow.cohort.analysis_runner import Runner
+from myoflow.cohort.stats import correlate, describe, normative, ttests
 from myoflow.cohort.stats.cohort import AnalysisCohort
 
 
 def run_without_phenotypes(
-    run: _Runner,
+    run: Runner,
     cohort: AnalysisCohort,
     s: AnalysisSettings,
     profiles: pd.DataFrame | None,
@@ -101,23 +101,23 @@ def run_without_phenotypes(
         if named & PHENOTYPE_COLUMNS or spec.predict_over in PHENOTYPE_COLUMNS:
             run.skip(name, NEEDS_PHENOTYPES)
         else:
-            run(name, lambda spec=spec: _regression(table, spec, s.level, by=None), overall)
+            run(name, lambda spec=spec: _regression(table, spec, s, by=None), overall)
     if {s.gam_x, *s.gam_metrics} & PHENOTYPE_COLUMNS:
         run.skip("gam", NEEDS_PHENOTYPES)
     else:
 
         def gams() -> dict[str, pd.DataFrame]:
             metrics = _present(table, s.gam_metrics, "GAM metrics")
-            fit = gam.fit_gam(
+            return by_sex.gams(
                 table[[s.gam_x, *metrics]],
                 metrics,
                 s.gam_x,
-                by=None,
                 k=s.gam_k,
                 method=s.gam_method,
+                minimum=s.minimum,
                 level=s.level,
+                by_sex=False,
             )
-            return {"gam_curves": fit.curves, "gam_summary": fit.summary}
 
         run("gam", gams, overall)
     for name in ("percentiles_age", "percentiles_bmi", "csa_profiles_age", "csa_profiles_bmi"):
@@ -135,9 +135,13 @@ def run_without_phenotypes(
         overall,
     )
     if manual is not None or dice is not None:
-        run("agreement", lambda: _agreement(table, manual, dice, s.level))
+        run("agreement", lambda: _agreement(table, manual, dice, s.level, s.minimum.agreement))
     run(
         "outliers",
-        lambda: _outlier_counts(table, s.outlier_columns, by=None),
+        lambda: {
+            "outlier_counts": by_sex.outlier_counts(
+                table, s.outlier_columns, s.outlier_min_n, by_sex=False
+            )
+        },
         overall,
     )

@@ -25,18 +25,35 @@ from matplotlib.figure import Figure
 
 from myoflow.cohort import plots as figures
 from myoflow.cohort.analysis import AnalysisSettings
+from myoflow.cohort.analysis_by_sex import fat_fraction_columns
+from myoflow.cohort.montage import thumbnail_name, write_montage
+from myoflow.cohort.names import label, readable_formula
 from myoflow.cohort.stats.agreement import BlandAltman
 from myoflow.cohort.stats.gam import GamResult
 from myoflow.cohort.stats.groups import interval_labels
 from myoflow.cohort.stats.regress import RegressionResult
 from myoflow.core.io import write_tsv
-from myoflow.measure.overlay import montage
 
 ID = "participant_id"
 VOLUME = "vol_iliopsoas_total_ml"
 ASYMMETRY = "iliopsoas_asymmetry_pct"
-POINT_COLUMNS = (ID, "sex", "age", "bmi", "height_cm", VOLUME, "imi_ml_m2", ASYMMETRY)
-"""Participant columns the scatter plots and the montage need (plus the GAM metrics)."""
+POINT_COLUMNS = (
+    ID,
+    "sex",
+    "age",
+    "bmi",
+    "height_cm",
+    VOLUME,
+    "imi_ml_m2",
+    ASYMMETRY,
+    *(
+        f"ff_{m}_{s}"
+        for m in ("psoas_major", "iliacus", "gluteus_maximus", "gluteus_medius", "gluteus_minimus")
+        for s in ("left", "right")
+    ),
+)
+"""Participant columns the scatter plots, the fat fraction figure and the montage need
+(plus the GAM metrics); fat fractions as stored (0-1), turned into % before drawing."""
 
 MONTAGE = "qc_montage"
 
@@ -130,19 +147,8 @@ def cohort_figures(
     out: list[CohortFigure] = []
     level = settings.level
     pct = f"{level:.0%}"
-    correlations = tables.get("correlations")
-    ba = bland_altman_result(tables, level)
-    if ba is not None:
-        for measure in ba.summary["measure"].drop_duplicates():
-            out.append(
-                CohortFigure(
-                    f"bland_altman_{measure}",
-                    figures.bland_altman_plot(ba, measure),
-                    f"Bland-Altman plot of {measure}: automatic minus manual against their "
-                    f"mean, with the bias and {pct} limits of agreement (shaded: their {pct} "
-                    "confidence intervals).",
-                )
-            )
+    # absent when no sex had the pairs for it: the legends then say r is not estimable
+    correlations = tables.get("correlations", pd.DataFrame(columns=["x", "y", "sex", "r"]))
     for name, x, y, formula in (
         ("volume_height", "height_cm", VOLUME, f"{VOLUME} ~ height_cm"),
         ("imi_bmi", "bmi", "imi_ml_m2", "imi_ml_m2 ~ bmi"),
@@ -153,13 +159,17 @@ def cohort_figures(
         fig = figures.scatter_fit_plot(
             points, x, y, regression=fit, correlations=correlations, by="sex"
         )
-        line = f" with the OLS line of {formula} and its {pct} band" if fit is not None else ""
+        line = (
+            f" with the OLS line ({readable_formula(formula)}) and its {pct} confidence band"
+            if fit is not None and len(fit.predictions)
+            else ""
+        )
         out.append(
             CohortFigure(
                 name,
                 fig,
-                f"{figures.LABELS.get(y, y)} against {figures.LABELS.get(x, x)} by sex{line}; "
-                f"legend: Pearson r [{pct} CI].",
+                f"{label(y)} against {label(x)} by sex{line}; legend: n and Pearson r "
+                f"[{pct} CI] per sex (UK Biobank iliopsoas study).",
             )
         )
     curves = gam_result(tables, settings.gam_x, level)
@@ -170,9 +180,10 @@ def cohort_figures(
                 CohortFigure(
                     f"gam_{metric}",
                     figures.gam_plot(curves, metric, data=data),
-                    f"{figures.LABELS.get(metric, metric)} against {settings.gam_x} by sex: "
+                    f"{label(metric)} against {label(settings.gam_x)} by sex: "
                     f"GAM with a cubic regression spline (k = {settings.gam_k}, "
-                    f"{settings.gam_method}) and its {pct} pointwise confidence band.",
+                    f"{settings.gam_method}) and its {pct} pointwise confidence band "
+                    "(UK Biobank iliopsoas study).",
                 )
             )
     age_labels = settings.age_labels or interval_labels(settings.age_edges)
@@ -185,16 +196,30 @@ def cohort_figures(
         table = _ordered(tables[name], group, labels)
         metrics = list(table["metric"].drop_duplicates())
         fig, axes = _panels(len(metrics), (4.5, 3.6))
-        for number, (metric, ax) in enumerate(zip(metrics, axes, strict=True)):
+        for metric, ax in zip(metrics, axes, strict=True):
             figures.percentile_plot(table, metric, x=group, percentiles=_qs(table), ax=ax)
-            if number and ax.get_legend() is not None:  # one legend per figure
-                ax.get_legend().remove()
+            ax.set_title(label(metric).rsplit(" (", 1)[0], fontsize=9)
+            ax.set_ylabel(label(metric), fontsize=8)
         out.append(
             CohortFigure(
                 name,
                 fig,
-                f"Percentiles ({', '.join(_qs(table))}) by {what} and sex (NAKO-style "
-                "normative values; numpy linear interpolation).",
+                f"Percentiles ({', '.join(q.upper() for q in _qs(table))}: dashed, solid, "
+                f"dotted) by {what} and sex (NAKO-style normative values; linear "
+                f"interpolation). Groups with fewer than {settings.minimum.percentiles} "
+                "participants are not estimable and leave a gap; n in the legend is the "
+                "participants with a value.",
+            )
+        )
+    fat = [c for c in fat_fraction_columns(points)]
+    if fat and {"sex", "age"} <= set(points.columns) and points[["sex", "age"]].notna().any().all():
+        out.append(
+            CohortFigure(
+                "fat_fraction_age",
+                figures.fat_fraction_plot(points, fat),
+                "Fat fraction (%, mean fat / (water + fat) in the eroded muscle) of each "
+                "muscle against age by sex; circles left, triangles right; n per sex and "
+                "side in the legend.",
             )
         )
     for name, group, labels, what in (
@@ -234,6 +259,24 @@ def cohort_figures(
                 "Psoas major cross-sectional area along the muscle (0: inferior end, 1: "
                 "superior end), all participants (no phenotypes), per side: median, shaded "
                 "10th-90th percentile.",
+            )
+        )
+    ba = bland_altman_result(tables, level)
+    if ba is not None:
+        relative = "unit" in ba.summary and (ba.summary["unit"] == "%").any()
+        out.append(
+            CohortFigure(
+                "bland_altman",
+                figures.bland_altman_grid(ba),
+                "Bland-Altman plots, automatic minus manual against their mean, one row per "
+                "measure"
+                + (
+                    ", in the measure's unit (left) and in % of the mean (right)"
+                    if relative
+                    else ""
+                )
+                + f": bias (solid), {pct} limits of agreement (dashed), shaded their {pct} "
+                "confidence intervals.",
             )
         )
     return out
@@ -282,13 +325,15 @@ def write_figures(
     rows, written = [], set()
     for item in drawn:
         written.update(figures.save_figure(item.figure, out / item.name))
-        rows.append({"name": item.name, "file": f"{item.name}.png", "caption": item.caption})
+        rows.append(
+            {"name": item.name, "file": f"{item.name}.png", "caption": item.caption, "full": ""}
+        )
     if points is not None and participants_dir is not None and VOLUME in points.columns:
         row = _write_montage(out / f"{MONTAGE}.png", points, Path(participants_dir))
         if row is not None:
             rows.append(row)
-            written.add(out / f"{MONTAGE}.png")
-    index = pd.DataFrame(rows, columns=["name", "file", "caption"])
+            written.update({out / row["full"], out / row["file"]})
+    index = pd.DataFrame(rows, columns=["name", "file", "caption", "full", "text_px"])
     write_tsv(out / "figures.tsv", index)
     written.add(out / "figures.tsv")
     for stale in set(out.glob("*")) - written:
@@ -298,24 +343,30 @@ def write_figures(
 
 
 def _write_montage(path: Path, points: pd.DataFrame, participants_dir: Path) -> dict | None:
-    shown, seen = [], set()
-    for label, participant in montage_participants(points):
+    overlays, titles, labels_shown, seen = [], [], [], set()
+    for what, participant in montage_participants(points):
         overlay = participants_dir / participant / "qc" / "overlay.png"
         if participant in seen or not overlay.is_file():
             continue
         seen.add(participant)
         row = points.loc[points[ID] == participant].iloc[0]
-        text = f"{label}: {participant}\n{float(row[VOLUME]):.0f} ml"
-        if ASYMMETRY in points.columns:
+        text = f"{what}: {participant}, iliopsoas {float(row[VOLUME]):.0f} ml"
+        if ASYMMETRY in points.columns and not pd.isna(row[ASYMMETRY]):
             text += f", asymmetry {float(row[ASYMMETRY]):+.1f} %"
-        shown.append((overlay, label, text))
-    if not shown:
+        overlays.append(overlay)
+        titles.append(text)
+        labels_shown.append(what)
+    if not overlays:
         return None
-    montage([p for p, _, _ in shown], [t for _, _, t in shown], path)
+    thumbnail = thumbnail_name(path)
+    text_px = write_montage(overlays, titles, path, thumbnail)
     return {
         "name": MONTAGE,
-        "file": path.name,
+        "file": thumbnail.name,
+        "full": path.name,
+        "text_px": round(text_px, 1),
         "caption": "QC montage: segmentation overlays of the participants with the "
-        + ", ".join(label for _, label, _ in shown)
-        + " iliopsoas (volume; asymmetry = 100 (right - left) / mean of the sides).",
+        + ", ".join(labels_shown)
+        + " iliopsoas volume (asymmetry = 100 (right - left) / mean of the sides). "
+        "Full resolution: qc_montage.png.",
     }

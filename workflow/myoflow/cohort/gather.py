@@ -103,6 +103,8 @@ class GatherSettings:
         outlier_columns: volumes whose robust z-score within sex is flagged.
         outlier_threshold: |robust z| above this is an outlier (Iglewicz-Hoaglin 3.5).
         exclude_outliers: also exclude outliers (stage qc, reason cohort_outlier).
+        outlier_min_n: fewest participants of a sex for its robust z-scores to flag
+            anyone (a median and MAD of a handful of values flag nobody reliably).
     """
 
     ranges: Mapping[str, tuple[float, float]] = field(
@@ -114,6 +116,7 @@ class GatherSettings:
     outlier_columns: tuple[str, ...] = OUTLIER_COLUMNS
     outlier_threshold: float = 3.5
     exclude_outliers: bool = False
+    outlier_min_n: int = 5
 
     @classmethod
     def from_config(cls, stats: Mapping[str, Any]) -> GatherSettings:
@@ -133,6 +136,7 @@ class GatherSettings:
             outlier_columns=tuple(outliers.get("columns", default.outlier_columns)),
             outlier_threshold=float(outliers.get("threshold", default.outlier_threshold)),
             exclude_outliers=bool(outliers.get("exclude", default.exclude_outliers)),
+            outlier_min_n=int(outliers.get("min_group_size", default.outlier_min_n)),
         )
 
 
@@ -284,8 +288,13 @@ def gather_cohort(
         table["qc_status"] = table[ID].map(original).to_numpy()
     table[IMI] = table[IMI_VOLUME] / (table["height_cm"] / 100.0) ** 2
     columns = [c for c in settings.outlier_columns if c in table.columns]
+    if outlier_groups is None:
+        large = table if len(table) >= settings.outlier_min_n else table.iloc[:0]
+    else:
+        sizes = table.groupby(outlier_groups)[ID].transform("size")
+        large = table[sizes >= settings.outlier_min_n]
     outliers = robust_outliers(
-        table, columns, by=outlier_groups, threshold=settings.outlier_threshold
+        large, columns, by=outlier_groups, threshold=settings.outlier_threshold
     )
     table = _with_flags(table, outliers)
     exclusions = built.exclusions.merge(upstream[[ID, "step"]], on=ID, how="left")

@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from myoflow import __version__
+from myoflow.cohort.names import label
 from myoflow.cohort.stats.agreement import BlandAltman
 from myoflow.cohort.stats.gam import GamResult
 from myoflow.cohort.stats.regress import RegressionResult
@@ -30,18 +31,12 @@ SEX_NAMES = {"F": "women", "M": "men"}
 SOFTWARE = f"myoflow {__version__}"
 FORMATS = ("png", "pdf")
 
-LABELS = {
-    "vol_iliopsoas_total_ml": "Iliopsoas volume (ml)",
-    "imi_ml_m2": "Iliopsoas muscle index (ml/m²)",
-    "height_cm": "Height (cm)",
-    "bmi": "BMI (kg/m²)",
-    "age": "Age (years)",
-    "psoas_max_csa_total_cm2": "Maximum psoas CSA, both sides (cm²)",
-}
+PERCENTILE_STYLES = {"p10": "--", "p50": "-", "p90": ":"}
+"""Line style per percentile: the outer two differ from each other and from the median."""
 
 
 def _label(column: str) -> str:
-    return LABELS.get(column, column)
+    return label(column)
 
 
 def _axes(ax: Axes | None, size: tuple[float, float] = (5.0, 4.0)) -> tuple[Figure, Axes]:
@@ -51,10 +46,27 @@ def _axes(ax: Axes | None, size: tuple[float, float] = (5.0, 4.0)) -> tuple[Figu
     return fig, fig.add_subplot()
 
 
-def _points(ax: Axes, x, y, colour: str) -> None:
-    """Data points under the lines: rasterised in vector output, fainter as n grows."""
-    alpha = float(np.clip(300.0 / max(len(x), 1), 0.03, 0.3))
-    ax.plot(x, y, ".", ms=2, alpha=alpha, color=colour, rasterized=True, zorder=1)
+def _points(ax: Axes, x, y, colour: str, marker: str = "o") -> None:
+    """Data points under the lines, rasterised in vector output.
+
+    A few points are drawn large and nearly opaque; thousands small and faint, so that
+    density still shows (alpha 0.85 at n <= 50 down to 0.08 at n = 100,000).
+    """
+    n = max(len(x), 1)
+    alpha = float(np.clip(0.85 * (50.0 / n) ** 0.35, 0.08, 0.85))
+    size = float(np.clip(6.0 * (50.0 / n) ** 0.2, 1.5, 6.0))
+    ax.plot(
+        x,
+        y,
+        marker,
+        ls="none",
+        ms=size,
+        alpha=alpha,
+        color=colour,
+        mec="none",
+        rasterized=True,
+        zorder=1,
+    )
 
 
 def _line(ax: Axes, x, y, colour: str, **kwargs) -> None:
@@ -71,16 +83,58 @@ def _name(group: object) -> str:
     return SEX_NAMES.get(str(group), str(group))
 
 
+def bland_altman_grid(result: BlandAltman) -> Figure:
+    """Every measure's Bland-Altman plot in one grid: a row per measure, the difference in
+    its unit (left) and in % of the pair mean (right), when the summary has both
+    (``unit`` column, as :func:`myoflow.cohort.analysis` writes it)."""
+    summary = result.summary
+    units = list(dict.fromkeys(summary["unit"])) if "unit" in summary else [""]
+    measures = list(dict.fromkeys(summary["measure"]))
+    kinds = ["absolute", "%"] if "%" in units else ["absolute"]
+    per_row = 2  # two measures side by side, each in its unit and in %
+    nrows = -(-len(measures) // per_row)
+    ncols = per_row * len(kinds)
+    fig = Figure(figsize=(3.3 * ncols, 2.4 * nrows + 0.3), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.ravel()[len(measures) * len(kinds) :]:
+        ax.set_axis_off()
+    for number, measure in enumerate(measures):
+        for col, kind in enumerate(kinds):
+            ax = axes[number // per_row, (number % per_row) * len(kinds) + col]
+            if "unit" in summary:
+                pick = summary["unit"] == "%" if kind == "%" else summary["unit"] != "%"
+                points = result.points
+                pick_points = points["unit"] == "%" if kind == "%" else points["unit"] != "%"
+                part = BlandAltman(
+                    summary=summary[pick],
+                    points=points[pick_points],
+                    level=result.level,
+                    relative=kind == "%",
+                )
+            else:
+                part = result
+            bland_altman_plot(part, measure, ax=ax, compact=True)
+    return fig
+
+
 def bland_altman_plot(
-    result: BlandAltman, measure: str | None = None, *, ax: Axes | None = None
+    result: BlandAltman,
+    measure: str | None = None,
+    *,
+    ax: Axes | None = None,
+    compact: bool = False,
 ) -> Figure:
     """Differences against means, with the bias and limits of agreement and their CIs."""
     summary, points = result.summary, result.points
     measure = measure if measure is not None else str(summary["measure"].iloc[0])
-    row = summary[summary["measure"] == measure].iloc[0]
-    pts = points[points["measure"] == measure]
+    match = summary[summary["measure"] == measure]
     fig, ax = _axes(ax)
-    ax.plot(pts["mean"], pts["difference"], "o", ms=3, alpha=0.6, color="0.25", rasterized=True)
+    if match.empty:
+        ax.set_axis_off()
+        return fig
+    row = match.iloc[0]
+    pts = points[points["measure"] == measure]
+    _points(ax, pts["mean"], pts["difference"], "0.2")
     for name, colour, style in (
         ("bias", "k", "-"),
         ("loa_low", "C3", "--"),
@@ -89,10 +143,7 @@ def bland_altman_plot(
         low, high = (
             (row["bias_ci_low"], row["bias_ci_high"])
             if name == "bias"
-            else (
-                row[f"{name}_ci_low"],
-                row[f"{name}_ci_high"],
-            )
+            else (row[f"{name}_ci_low"], row[f"{name}_ci_high"])
         )
         ax.axhspan(low, high, color=colour, alpha=0.12, lw=0)
         ax.axhline(row[name], color=colour, ls=style, lw=1.2)
@@ -105,10 +156,24 @@ def bland_altman_plot(
             va="center",
             fontsize=8,
         )
-    unit = "%" if result.relative else ""
-    ax.set_xlabel(f"Mean of method and reference: {measure}")
-    ax.set_ylabel(f"Method - reference{' (%)' if unit else ''}")
-    ax.set_title(f"{measure}: bias {row['bias']:.2f}{unit}, n = {int(row['n'])}", fontsize=10)
+    unit = "%" if result.relative else str(row.get("unit", "") or "")
+    name = label(measure)
+    base = name.rsplit(" (", 1)[0]
+    ax.set_xlabel(
+        f"Mean of automatic and manual ({name.rsplit(' (', 1)[-1].rstrip(')')})"
+        if "(" in name
+        else "Mean of automatic and manual",
+        fontsize=8 if compact else 10,
+    )
+    ax.set_ylabel(
+        f"Automatic - manual ({unit})" if unit else "Automatic - manual",
+        fontsize=8 if compact else 10,
+    )
+    ax.set_title(
+        f"{base}: bias {row['bias']:.2f} {unit}, n = {int(row['n'])}", fontsize=8 if compact else 10
+    )
+    if compact:
+        ax.tick_params(labelsize=7)
     return fig
 
 
@@ -127,34 +192,44 @@ def scatter_fit_plot(
     fig, ax = _axes(ax)
     groups = sorted(data[by].dropna().unique())
     for i, group in enumerate(groups):
-        rows = data[data[by] == group]
+        rows = data[data[by] == group][[x, y]].apply(pd.to_numeric, errors="coerce").dropna()
         colour = _colour(group, i)
-        label = _name(group)
+        text = f"{_name(group)} (n = {len(rows)})"
         if correlations is not None:
-            match = correlations[
-                (correlations["x"] == x) & (correlations["y"] == y) & (correlations[by] == group)
-            ]
-            if len(match) == 0:
-                match = correlations[
-                    (correlations["x"] == y)
-                    & (correlations["y"] == x)
-                    & (correlations[by] == group)
-                ]
-            if len(match):
-                r = match.iloc[0]
-                label += f": r = {r['r']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+            text += ": " + correlation_text(correlations, x, y, {by: group})
         _points(ax, rows[x], rows[y], colour)
         if regression is not None and len(regression.predictions):
             line = regression.predictions[regression.predictions[by] == group]
             ax.fill_between(
-                line[x], line["ci_low"], line["ci_high"], color=colour, alpha=0.4, lw=0, zorder=2
+                line[x], line["ci_low"], line["ci_high"], color=colour, alpha=0.3, lw=0, zorder=2
             )
             _line(ax, line[x], line["fit"], colour)
-        ax.plot([], [], "o", color=colour, label=label)
+        ax.plot([], [], "o", color=colour, label=text)
     ax.set_xlabel(_label(x))
     ax.set_ylabel(_label(y))
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(
+        fontsize=8, frameon=False, title="Pearson r [CI]" if correlations is not None else None
+    )
     return fig
+
+
+def correlation_text(
+    correlations: pd.DataFrame, x: str, y: str, where: Mapping[str, object]
+) -> str:
+    """ "r = 0.49 [0.41, 0.56]" from a correlations table, or its note, for a legend."""
+    match = correlations
+    for column, value in where.items():
+        if column in match.columns:
+            match = match[match[column] == value]
+    pair = match[(match["x"] == x) & (match["y"] == y)]
+    if pair.empty:
+        pair = match[(match["x"] == y) & (match["y"] == x)]
+    if pair.empty:
+        return "r not estimable (see Analyses not run)"
+    r = pair.iloc[0]
+    if pd.isna(r.get("r")):
+        return str(r.get("note") or "r not estimable")
+    return f"r = {r['r']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
 
 
 def volume_height_plot(
@@ -221,31 +296,80 @@ def percentile_plot(
     percentiles: Sequence[str] = ("p10", "p50", "p90"),
     ax: Axes | None = None,
 ) -> Figure:
-    """Percentile curves of ``metric`` across age groups (or BMI classes), one set per sex."""
+    """Percentile curves of ``metric`` across age groups (or BMI classes), one set per sex.
+
+    Every group of the axis has a place, so a band without data (or not estimable)
+    leaves a gap in the line rather than being bridged; each percentile has its own line
+    style (:data:`PERCENTILE_STYLES`), each sex its colour.
+    """
     rows = table[table["metric"] == metric]
     fig, ax = _axes(ax)
-    categories = list(pd.unique(rows[x].astype(str)))
     if isinstance(rows[x].dtype, pd.CategoricalDtype):
-        categories = [str(c) for c in rows[x].cat.categories if c in set(rows[x])]
+        categories = [str(c) for c in rows[x].cat.categories]
+    else:
+        categories = list(pd.unique(rows[x].astype(str)))
     position = {c: i for i, c in enumerate(categories)}
-    styles = {percentiles[0]: ":", percentiles[-1]: ":"} if len(percentiles) > 1 else {}
     for i, (group, part) in enumerate(rows.groupby(by, sort=True)):
-        xs = part[x].astype(str).map(position).to_numpy()
-        order = np.argsort(xs)
+        values = {column: np.full(len(categories), np.nan) for column in percentiles}
+        where = part[x].astype(str).map(position).to_numpy()
+        for column in percentiles:
+            values[column][where] = pd.to_numeric(part[column], errors="coerce").to_numpy()
         for column in percentiles:
             ax.plot(
-                xs[order],
-                part[column].to_numpy()[order],
-                styles.get(column, "-"),
+                np.arange(len(categories)),
+                values[column],
+                PERCENTILE_STYLES.get(column, "-"),
                 marker="o",
-                ms=3,
+                ms=3.5,
+                lw=1.4,
                 color=_colour(group, i),
-                label=f"{_name(group)} {column}",
             )
-    ax.set_xticks(range(len(categories)), categories)
-    ax.set_xlabel(x.replace("_", " "))
+        n = int(pd.to_numeric(part["n"], errors="coerce").sum())
+        ax.plot([], [], "-", color=_colour(group, i), label=f"{_name(group)} (n = {n})")
+    for column in percentiles:
+        ax.plot([], [], PERCENTILE_STYLES.get(column, "-"), color="0.3", label=column.upper())
+    ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 5 else 0)
+    ax.set_xlabel(_label(x))
     ax.set_ylabel(_label(metric))
     ax.legend(fontsize=7, frameon=False, ncol=2)
+    return fig
+
+
+def fat_fraction_plot(
+    data: pd.DataFrame, columns: Sequence[str], *, x: str = "age", by: str = "sex"
+) -> Figure:
+    """Fat fraction (%) of each muscle against ``x`` by sex: one panel per muscle, left
+    and right as circles and triangles, n per sex and side in the legend."""
+    muscles = list(dict.fromkeys(c.rsplit("_", 2)[0] for c in columns))
+    ncols = min(len(muscles), 3)
+    nrows = -(-len(muscles) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.5 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(muscles) :]:
+        ax.set_axis_off()
+    for ax, muscle in zip(axes, muscles, strict=False):
+        for i, group in enumerate(sorted(data[by].dropna().unique())):
+            for side, marker in (("left", "o"), ("right", "^")):
+                column = f"{muscle}_{side}_pct"
+                if column not in data.columns:
+                    continue
+                rows = data[data[by] == group][[x, column]].apply(pd.to_numeric, errors="coerce")
+                rows = rows.dropna()
+                _points(ax, rows[x], rows[column], _colour(group, i), marker)
+                ax.plot(
+                    [],
+                    [],
+                    marker,
+                    ls="none",
+                    color=_colour(group, i),
+                    label=f"{_name(group)}, {side} (n = {len(rows)})",
+                )
+        ax.set_title(
+            label(f"{muscle}_pct").replace(" fat fraction, both sides (%)", ""), fontsize=10
+        )
+        ax.set_xlabel(_label(x))
+        ax.set_ylabel("Fat fraction (%)")
+        ax.legend(fontsize=7, frameon=False)
     return fig
 
 

@@ -35,11 +35,17 @@ import numpy as np
 import pandas as pd
 
 from myoflow import __version__
-from myoflow.cohort.analysis import NEEDS_PHENOTYPES, AnalysisSettings
+from myoflow.cohort.analysis import NEEDS_PHENOTYPES
 from myoflow.cohort.analysis_tables import read_tables
-from myoflow.cohort.gather import GatherSettings
+from myoflow.cohort.names import header, label, readable_formula
+from myoflow.cohort.papers import nako_percentiles
+from myoflow.cohort.report_methods import (
+    SEX_WORDS,
+    _held_out_dice,
+    counts,
+    methods,
+)
 from myoflow.cohort.stats import describe
-from myoflow.cohort.stats.groups import interval_labels
 from myoflow.core.io import write_text
 
 PACKAGES = (
@@ -56,8 +62,13 @@ PACKAGES = (
 """Packages whose versions the methods name (those not installed are left out)."""
 
 STYLE = """
-body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+body { font-family: sans-serif; max-width: 1300px; margin: 2em auto; padding: 0 1em;
        color: #222; line-height: 1.45; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.scroll table { margin-top: .3em; }
+.thumb img { max-width: none; }
+.warning { color: #8a4b00; font-size: 0.85em; }
+code { font-size: 0.9em; }
 h1 { border-bottom: 2px solid #1565c0; padding-bottom: .2em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: .8em 0 1.5em; font-size: 0.85em; }
@@ -65,7 +76,7 @@ th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; }
 th { background: #eef3fa; }
 td:first-child, th:first-child { text-align: left; }
 figure { margin: 1.5em 0; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
+figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #444; }
 .counts { font-size: 1.1em; }
 .note { color: #8a4b00; }
@@ -74,11 +85,14 @@ figcaption { font-size: 0.9em; color: #444; }
 
 @dataclass(frozen=True)
 class ReportFigure:
-    """A figure to embed: name, caption and the PNG's bytes."""
+    """A figure to embed: name, caption, the PNG's bytes and, for a thumbnail, the
+    relative link to the full-resolution file and its smallest text in pixels."""
 
     name: str
     caption: str
     png: bytes
+    link: str = ""
+    text_px: float | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,7 @@ def software_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
 
 
 def _number(value: Any, column: str = "") -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or (isinstance(value, float | np.floating) and not np.isfinite(value)):
         return ""
     if isinstance(value, bool | np.bool_):
         return str(bool(value))
@@ -130,19 +144,38 @@ def _number(value: Any, column: str = "") -> str:
     return str(value)
 
 
+LABELLED = frozenset(
+    {"metric", "variable", "x", "y", "column", "value", "measure", "left", "right"}
+)
+"""Result-table columns whose cells name analysis-table columns (shown as readable names)."""
+
+
+def _cell(value: Any, column: str) -> str:
+    if column in LABELLED and isinstance(value, str):
+        return label(value)
+    if column in ("formula", "term") and isinstance(value, str):
+        return readable_formula(value)
+    if column == "sex" and isinstance(value, str):
+        return {"F": "women", "M": "men", describe.ALL: "all"}.get(value, value)
+    return _number(value, column)
+
+
 def html_table(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
-    """A DataFrame as an escaped HTML table, numbers to 4 significant digits."""
+    """A DataFrame as an escaped HTML table that scrolls sideways rather than overflowing;
+    readable headers and names (:mod:`myoflow.cohort.names`), numbers to 4 digits."""
     if columns is not None:
         frame = frame[[c for c in columns if c in frame.columns]]
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    if "note" in frame.columns and (frame["note"].fillna("").astype(str) == "").all():
+        frame = frame.drop(columns="note")
+    head = "".join(f"<th>{html.escape(header(str(c)))}</th>" for c in frame.columns)
     body = []
     for row in frame.itertuples(index=False):
         cells = "".join(
-            f"<td>{html.escape(_number(v, c))}</td>"
-            for v, c in zip(row, frame.columns, strict=True)
+            f"<td>{html.escape(_cell(v, c))}</td>" for v, c in zip(row, frame.columns, strict=True)
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'
 
 
 def _p(text: str) -> str:
@@ -153,190 +186,7 @@ def _list(items: Sequence[str]) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
 
 
-# ---------------------------------------------------------------- content
-
-
-def counts(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
-    """Sheet, analysed (by sex) and excluded counts, from the flow and Table 1 tables."""
-    flow = tables.get("flow")
-    out: dict[str, Any] = {"sheet": None, "analysed": None, "excluded": None, "by_sex": {}}
-    if flow is not None and len(flow):
-        out["sheet"] = int(flow["n_in"].iloc[0])
-        out["analysed"] = int(flow["n_out"].iloc[-1])
-        out["excluded"] = out["sheet"] - out["analysed"]
-    t1 = tables.get("table1")
-    if t1 is not None and len(t1) and "sex" in t1.columns:
-        first = t1[t1["level"].fillna("") == ""]
-        first = first[first["variable"] == first["variable"].iloc[0]] if len(first) else first
-        out["by_sex"] = {
-            str(s): int(n)
-            for s, n in zip(first["sex"], first["n"], strict=True)
-            if str(s) != describe.ALL
-        }
-    return out
-
-
-def _held_out_dice(card: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The card's held-out Dice per structure, wherever training put it."""
-    stack: list[Any] = [card]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Mapping):
-            dice = item.get("dice")
-            if (
-                isinstance(dice, Mapping)
-                and dice
-                and all(isinstance(v, Mapping) and "mean" in v for v in dice.values())
-            ):
-                return dict(dice)
-            stack.extend(v for v in item.values() if isinstance(v, Mapping))
-    return None
-
-
-def model_summary(card: Mapping[str, Any] | None) -> list[str]:
-    """Sentences about the segmentation model from its card (missing keys left out)."""
-    if not card:
-        return ["No model card was found, so the segmentation model is not described here."]
-    config = card.get("config") if isinstance(card.get("config"), Mapping) else {}
-    parts = []
-    architecture = config.get("architecture")
-    if architecture:
-        labels = config.get("labels")
-        width = config.get("width")
-        text = f"Muscles were segmented by a {architecture} network"
-        if width is not None:
-            text += f" (width x{width})"
-        if labels:
-            text += f" with output labels {', '.join(map(str, labels))}"
-        parts.append(text + ".")
-    sha = card.get("weights_sha256")
-    if sha:
-        parts.append(f"Its weights have sha256 {sha} (checked before use).")
-    dice = _held_out_dice(card)
-    if dice:
-        shown = ", ".join(
-            f"{name} {float(v['mean']):.3f}"
-            + (f" (n = {int(v['n'])})" if v.get("n") is not None else "")
-            for name, v in sorted(dice.items())
-            if v.get("mean") is not None
-        )
-        parts.append(f"Held-out Dice (mean): {shown}.")
-    return parts or ["The model card holds no architecture, checksum or held-out Dice."]
-
-
-def without_phenotypes(tables: Mapping[str, pd.DataFrame]) -> bool:
-    """Whether the analysis ran without a phenotype table (its ``analyses`` record says so)."""
-    analyses = tables.get("analyses")
-    if analyses is None or "message" not in analyses.columns:
-        return False
-    return bool((analyses["message"].astype(str) == NEEDS_PHENOTYPES).any())
-
-
-def methods(
-    tables: Mapping[str, pd.DataFrame],
-    config: Mapping[str, Any],
-    card: Mapping[str, Any] | None,
-    versions: Mapping[str, str],
-) -> list[str]:
-    """The methods paragraphs, written from the configuration, model card and counts."""
-    stats = config.get("stats", {}) or {}
-    analysis = AnalysisSettings.from_config(stats)
-    gather = GatherSettings.from_config(stats)
-    paragraphs = []
-    c = counts(tables)
-    if c["sheet"] is not None:
-        sexes = ", ".join(f"{n} {s}" for s, n in sorted(c["by_sex"].items()))
-        text = (
-            f"Of {c['sheet']} participants on the sheet, {c['analysed']} were analysed"
-            + (f" ({sexes})" if sexes else "")
-            + f" and {c['excluded']} excluded"
-        )
-        excluded = tables.get("flow")
-        stages = [
-            f"{int(r.excluded)} at {r.stage}" for r in excluded.itertuples() if r.excluded > 0
-        ]
-        paragraphs.append(text + (f" ({'; '.join(stages)})." if stages else "."))
-    grid = (config.get("ingest", {}) or {}).get("grid", {}).get("spacing_mm")
-    protocols = (config.get("ingest", {}) or {}).get("protocols", [])
-    if grid is not None:
-        spacing = grid if isinstance(grid, str) else " x ".join(f"{float(v):.3g}" for v in grid)
-        names = ", ".join(f"{p['name']} ({p['stations']} stations)" for p in protocols)
-        paragraphs.append(
-            f"The Dixon stations of each participant were stitched onto one grid of {spacing} "
-            f"mm voxels" + (f"; protocols: {names}." if names else ".")
-        )
-    paragraphs.append(" ".join(model_summary(card)))
-    keep = (config.get("qc", {}) or {}).get("keep_warnings")
-    no_phenotypes = without_phenotypes(tables)
-    outliers = (
-        f"Volumes with a robust z-score (0.6745 (x - median) / MAD, "
-        f"{'over the whole cohort' if no_phenotypes else 'within sex'}) beyond "
-        f"{gather.outlier_threshold:g} ({', '.join(gather.outlier_columns)}) were "
-        + ("excluded." if gather.exclude_outliers else "flagged but kept.")
-    )
-    ranges = ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in gather.ranges.items())
-    qc = "Participants failing QC were excluded" + (
-        "" if keep is None else (" (warnings kept)" if keep else " (warnings excluded too)")
-    )
-    if no_phenotypes:
-        paragraphs.append(
-            qc + ". No phenotype table was configured (config phenotypes is not set): sex, "
-            "age, height, weight, BMI and the iliopsoas muscle index (IMI, total iliopsoas "
-            "volume / height²) are empty, no participant was excluded for phenotypes, and "
-            "the analyses that need them were not run (listed at the end). " + outliers
-        )
-    else:
-        paragraphs.append(
-            qc + f". Phenotypes had to be present ({', '.join(gather.required_phenotypes)}) "
-            f"and plausible ({ranges}"
-            + (
-                f"; recorded BMI within {gather.bmi_tolerance:g} kg/m² of weight / height²"
-                if gather.bmi_tolerance is not None
-                else ""
-            )
-            + "). The iliopsoas muscle index (IMI) is the total iliopsoas volume divided by "
-            "height squared (ml/m²). " + outliers
-        )
-    level = f"{analysis.level:.0%}"
-    ages = ", ".join(analysis.age_labels or interval_labels(analysis.age_edges))
-    formulas = "; ".join(f"{r.formula}" for r in analysis.regressions)
-    if no_phenotypes:
-        paragraphs.append(
-            "Without phenotypes nothing was compared by sex, age or BMI: the measurements "
-            "were summarised over all participants (n, mean, SD, range and percentiles "
-            f"{', '.join(f'{q:g}' for q in analysis.percentiles)}); left-right asymmetry "
-            "by paired t-test, the asymmetry index 100 (right - left) / mean of the sides "
-            "by one-sample t interval; correlations between measurements are Pearson's r "
-            f"with Fisher-z confidence intervals. All intervals are {level}."
-        )
-    else:
-        paragraphs.append(
-            f"Men and women were compared by Welch's t-test; left-right asymmetry by paired "
-            f"t-test, the asymmetry index 100 (right - left) / mean of the sides by one-sample "
-            f"t interval; handedness by one-way ANOVA. Correlations are Pearson's r with "
-            f"Fisher-z {level} confidence intervals, per sex. Regressions (ordinary least "
-            f"squares, per sex): {formulas}. Age trends of "
-            f"{', '.join(analysis.gam_metrics)} were fitted per sex as generalised additive "
-            f"models with a cubic regression spline (mgcv's s(age, bs = 'cr', k = "
-            f"{analysis.gam_k}), smoothing by {analysis.gam_method}). Normative percentiles "
-            f"({', '.join(f'{q:g}' for q in analysis.percentiles)}; linear interpolation) are "
-            f"given by sex and age group ({ages}) and, for "
-            f"{', '.join(analysis.bmi_class_metrics)}, by WHO BMI class "
-            f"({', '.join(analysis.bmi_labels)}). All intervals are {level}."
-        )
-    if "bland_altman" in tables or "dice" in tables:
-        paragraphs.append(
-            "Agreement with manual annotations: Bland-Altman bias and limits of agreement "
-            "(bias +- 1.96 SD, with confidence intervals) and Dice overlap per structure."
-        )
-    paragraphs.append(
-        "Software: " + ", ".join(f"{name} {version}" for name, version in versions.items()) + "."
-    )
-    return paragraphs
-
-
 SECTIONS: Sequence[tuple[str, str, Sequence[str] | None]] = (
-    ("exclusion_counts", "Exclusions by stage and reason", None),
     ("table1_display", "Table 1: participants by sex", None),
     ("table1_tests", "Table 1: men minus women (Welch)", None),
     ("table2_display", "Table 2: muscle measures by sex (men minus women, Welch)", None),
@@ -357,6 +207,7 @@ SECTIONS: Sequence[tuple[str, str, Sequence[str] | None]] = (
             "asym_pct_mean",
             "asym_pct_ci_low",
             "asym_pct_ci_high",
+            "note",
         ),
     ),
     ("handedness_anova", "Asymmetry index by handedness (one-way ANOVA)", None),
@@ -367,20 +218,106 @@ SECTIONS: Sequence[tuple[str, str, Sequence[str] | None]] = (
     (
         "gam_summary",
         "GAM fits by sex",
-        ("metric", "sex", "n", "k", "method", "edf", "lambda", "scale", "r2"),
+        ("metric", "sex", "n", "k", "method", "edf", "lambda", "scale", "r2", "note"),
     ),
     ("percentiles_age", "Normative percentiles by sex and age group", None),
     ("percentiles_bmi", "Percentiles by sex and WHO BMI class", None),
-    ("bland_altman", "Bland-Altman agreement with manual annotations", None),
+    (
+        "bland_altman",
+        "Bland-Altman agreement with manual annotations (automatic minus manual)",
+        (
+            "measure",
+            "unit",
+            "n",
+            "mean_method",
+            "mean_reference",
+            "bias",
+            "bias_ci_low",
+            "bias_ci_high",
+            "loa_low",
+            "loa_high",
+            "note",
+        ),
+    ),
     ("dice", "Dice overlap with manual annotations", None),
     ("outlier_counts", "Cohort-level flags (robust z-scores within sex)", None),
 )
 """(table, heading, columns shown or None for all), in page order."""
 
 
+def _warnings_for(table: str, analyses: pd.DataFrame | None) -> str:
+    """The warnings of the analyses that made ``table``, as a paragraph (or nothing)."""
+    if analyses is None or "warnings" not in analyses.columns:
+        return ""
+    said = []
+    for row in analyses.itertuples():
+        if table in str(row.tables).split(",") and isinstance(row.warnings, str) and row.warnings:
+            said.append(f"{row.analysis}: {readable_formula(row.warnings)}")
+    if not said:
+        return ""
+    return '<p class="warning">Warnings while computing: ' + html.escape("; ".join(said)) + "</p>"
+
+
+def synthetic_note(tables: Mapping[str, pd.DataFrame], card: Mapping[str, Any] | None) -> list[str]:
+    """For a synthetic cohort: what it is, its resolution, and its Dice beside the card's."""
+    synthetic = tables.get("synthetic_cohort")
+    if synthetic is None or synthetic.empty:
+        return []
+    row = synthetic.iloc[0]
+    size = str(row.get("size", ""))
+    text = (
+        f"This is a synthetic cohort ({row.get('generator', 'myoflow synth')}, "
+        f"{row.get('protocol', '')} protocol, {_number(row.get('participants'))} participants, "
+        f"seed {_number(row.get('seed'))}) with images of {row.get('spacing_mm', '')} mm voxels"
+    )
+    if size == "small":
+        text += (
+            ": half the resolution of the full-size images (the demo's --size small, "
+            "chosen so that the demo runs in minutes on a CPU). The segmentation model was "
+            "evaluated on full-resolution images, so Dice against the synthetic truth here "
+            "is expected below the model card's."
+        )
+    parts = ["<h2>Synthetic cohort</h2>", _p(text + ("" if size == "small" else "."))]
+    accuracy = dice_beside_card(tables.get("dice"), card)
+    if not accuracy.empty:
+        parts += [
+            _p(
+                "Dice of this cohort's masks against the synthetic truth, beside the model "
+                "card's held-out Dice:"
+            ),
+            html_table(accuracy),
+        ]
+    return parts
+
+
+def dice_beside_card(dice: pd.DataFrame | None, card: Mapping[str, Any] | None) -> pd.DataFrame:
+    """Per structure: this cohort's mean Dice (both sides pooled) and the card's held-out."""
+    if dice is None or dice.empty or "structure" not in dice.columns:
+        return pd.DataFrame()
+    held_out = _held_out_dice(card or {}) or {}
+    rows = []
+    for structure, part in dice.groupby("structure", sort=False):
+        n = pd.to_numeric(part["n"], errors="coerce")
+        mean = float((pd.to_numeric(part["mean"], errors="coerce") * n).sum() / n.sum())
+        card_row = held_out.get(structure) or {}
+        rows.append(
+            {
+                "Structure": str(structure).replace("_", " "),
+                "This cohort: Dice (mean, both sides)": f"{mean:.3f} (n = {int(n.sum())})",
+                "Model card: held-out Dice": (
+                    f"{float(card_row['mean']):.3f} (n = {int(card_row.get('n', 0))})"
+                    if card_row.get("mean") is not None
+                    else "not in the card"
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def render_report(inputs: ReportInputs) -> str:
     """The report page as HTML text (see the module docstring)."""
     tables = inputs.tables
+    analyses = tables.get("analyses")
     c = counts(tables)
     parts = [
         "<!DOCTYPE html>",
@@ -391,34 +328,65 @@ def render_report(inputs: ReportInputs) -> str:
         "<h1>myoflow cohort report</h1>",
     ]
     if c["sheet"] is not None:
-        sexes = ", ".join(f"{s}: {n}" for s, n in sorted(c["by_sex"].items()))
+        sexes = ", ".join(f"{SEX_WORDS.get(s, s)}: {n}" for s, n in sorted(c["by_sex"].items()))
         parts.append(
             f'<p class="counts"><b>{c["sheet"]}</b> participants on the sheet, '
             f"<b>{c['analysed']}</b> analysed"
             + (f" ({html.escape(sexes)})" if sexes else "")
             + f", <b>{c['excluded']}</b> excluded.</p>"
         )
+    parts += synthetic_note(tables, inputs.model_card)
     if "flow" in tables:
         parts += ["<h2>Participant flow</h2>", html_table(tables["flow"])]
+        for name, heading in (
+            ("exclusion_counts", "Exclusions by stage and reason"),
+            ("exclusion_list", "Excluded participants"),
+        ):
+            if name in tables and len(tables[name]):
+                parts += [f"<h3>{heading}</h3>", html_table(tables[name])]
     parts.append("<h2>Methods</h2>")
     parts += [
         _p(text)
         for text in methods(tables, inputs.config, inputs.model_card, inputs.versions or {})
     ]
     parts.append("<h2>Results</h2>")
+    if "papers" in tables and len(tables["papers"]):
+        parts += [
+            '<h3 id="papers">The papers side by side</h3>',
+            _p(
+                "This cohort's key results beside the published values of the UK Biobank "
+                "iliopsoas study and the NAKO study"
+                + (
+                    " and the values planted in this synthetic cohort"
+                    if "synthetic_cohort" in tables
+                    else ""
+                )
+                + ". Cells say 'not estimable (n = k)' where this cohort has too few "
+                "participants for the value."
+            ),
+            html_table(tables["papers"]),
+        ]
+        nako = nako_percentiles(tables)
+        if len(nako):
+            parts += [
+                _p(
+                    "Maximum psoas CSA, left + right (cm²), this cohort's 10th / 50th / 90th "
+                    "percentiles by sex and age group (the NAKO study gives these by age "
+                    "group in its normative tables):"
+                ),
+                html_table(nako),
+            ]
     for name, heading, columns in SECTIONS:
         if name in tables and len(tables[name]):
-            parts += [f"<h3>{html.escape(heading)}</h3>", html_table(tables[name], columns)]
+            parts += [
+                f"<h3>{html.escape(heading)}</h3>",
+                html_table(tables[name], columns),
+                _warnings_for(name.replace("_display", ""), analyses),
+            ]
     if inputs.figures:
         parts.append("<h2>Figures</h2>")
         for number, fig in enumerate(inputs.figures, start=1):
-            data = base64.b64encode(fig.png).decode("ascii")
-            parts.append(
-                f'<figure id="{html.escape(fig.name)}"><img alt="{html.escape(fig.name)}" '
-                f'src="data:image/png;base64,{data}"><figcaption><b>Figure {number}.</b> '
-                f"{html.escape(fig.caption)}</figcaption></figure>"
-            )
-    analyses = tables.get("analyses")
+            parts.append(_figure(number, fig))
     if analyses is not None and (analyses["status"] != "ok").any():
         skipped = analyses[analyses["status"] != "ok"]
         needs = skipped["message"].astype(str) == NEEDS_PHENOTYPES
@@ -433,18 +401,42 @@ def render_report(inputs: ReportInputs) -> str:
         if (~needs).any():
             parts.append('<p class="note">The data could not support these analyses:</p>')
             parts.append(
-                _list([f"{r.analysis}: {r.message}" for r in skipped[~needs].itertuples()])
+                _list(
+                    [
+                        f"{r.analysis}: {readable_formula(r.message)}"
+                        for r in skipped[~needs].itertuples()
+                    ]
+                )
             )
+    root = str((inputs.config or {}).get("results", "results")).rstrip("/")
     parts.append(
         "<h2>Files</h2>"
         + _p(
-            "Every table above, and the CSA profiles along the muscle, are in "
-            "results/cohort/tables as TSV; per-participant values in "
-            "results/cohort/participants.tsv, exclusions in results/cohort/exclusions.tsv."
+            f"Every table above, and the CSA profiles along the muscle, are in "
+            f"{root}/cohort/tables as TSV (an empty cell has its reason in the note "
+            f"column); per-participant values in {root}/cohort/participants.tsv, exclusions "
+            f"in {root}/cohort/exclusions.tsv."
         )
     )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _figure(number: int, fig: ReportFigure) -> str:
+    """One figure; a thumbnail links its full-resolution file and keeps its own size."""
+    data = base64.b64encode(fig.png).decode("ascii")
+    image = f'<img alt="{html.escape(fig.name)}" src="data:image/png;base64,{data}"'
+    if fig.text_px is not None:
+        image += f' data-text-px="{fig.text_px:g}"'
+    image += ">"
+    caption = f"<b>Figure {number}.</b> {html.escape(fig.caption)}"
+    if fig.link:
+        href = html.escape(fig.link)
+        image = f'<div class="scroll thumb"><a href="{href}">{image}</a></div>'
+        caption += f' <a href="{href}">Open the full-resolution image.</a>'
+    return (
+        f'<figure id="{html.escape(fig.name)}">{image}<figcaption>{caption}</figcaption></figure>'
+    )
 
 
 # ---------------------------------------------------------------- files
@@ -466,14 +458,32 @@ def read_report_inputs(
     figures_dir: str | os.PathLike[str] | None,
     config: Mapping[str, Any],
     model_card: str | os.PathLike[str] | None = None,
+    report_dir: str | os.PathLike[str] | None = None,
 ) -> ReportInputs:
-    """The tables, the figures listed in ``figures.tsv``, the card and software versions."""
+    """The tables, the figures listed in ``figures.tsv``, the card and software versions.
+
+    ``report_dir`` is the folder the page will be written to: thumbnails link their
+    full-resolution file relative to it (none without it).
+    """
     figures: list[ReportFigure] = []
     if figures_dir is not None and (Path(figures_dir) / "figures.tsv").is_file():
         index = pd.read_csv(Path(figures_dir) / "figures.tsv", sep="\t", dtype=str)
         for row in index.itertuples():
             png = Path(figures_dir) / row.file
-            figures.append(ReportFigure(row.name, row.caption, png.read_bytes()))
+            full = getattr(row, "full", None)
+            link = ""
+            if isinstance(full, str) and full and report_dir is not None:
+                link = Path(os.path.relpath(Path(figures_dir) / full, report_dir)).as_posix()
+            text_px = pd.to_numeric(getattr(row, "text_px", None), errors="coerce")
+            figures.append(
+                ReportFigure(
+                    row.name,
+                    row.caption,
+                    png.read_bytes(),
+                    link=link,
+                    text_px=None if pd.isna(text_px) else float(text_px),
+                )
+            )
     return ReportInputs(
         tables=read_tables(tables_dir),
         figures=figures,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -48,8 +49,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="no phenotype table is configured: the analyses that need phenotypes are "
         "recorded as not run, the others run over the whole cohort",
     )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        help="manifest.json of a synthetic cohort: its planted values beside the results "
+        "(read only if the file exists)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder of tables")
     parser.set_defaults(func=run)
+
+
+def read_manifest(path: Path | None) -> dict | None:
+    """A synthetic cohort's manifest.json, or None when there is none (a real cohort)."""
+    if path is None or not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    return manifest if isinstance(manifest, dict) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         manual=read_tsv(args.manual) if args.manual else None,
         dice=read_tsv(args.dice) if args.dice else None,
         phenotypes=not args.no_phenotypes,
+        manifest=read_manifest(args.manifest),
     )
     write_tables(args.out, result.tables)
     print(result.analyses.to_string(index=False))

@@ -12,7 +12,8 @@ from pydicom.dataset import Dataset
 
 from myoflow.core.errors import MyoflowError
 from myoflow.ingest.dicom import group_by_series, read_datasets, series_volumes
-from myoflow.ingest.image_types import MAGNITUDE, SubSeries, split_series
+from myoflow.ingest.image_class import FIELD_MAP, MAGNITUDE
+from myoflow.ingest.image_types import SubSeries, split_series
 
 HELP = "convert one DICOM MR series (a folder) to NIfTI with dcm2niix's geometry"
 
@@ -69,8 +70,15 @@ def echo_path(out: Path, echo: int) -> Path:
     return _with_tag(out, f"_e{echo}")
 
 
-PART_TAGS = {"phase": "_ph", "real": "_real", "imaginary": "_imaginary", MAGNITUDE: ""}
-"""File name tag of each image-type class (dcm2niix's for phase, real and imaginary);
+PART_TAGS = {
+    "phase": "_ph",
+    "real": "_real",
+    "imaginary": "_imaginary",
+    FIELD_MAP: "_fieldmaphz",
+    MAGNITUDE: "",
+}
+"""File name tag of each image-type class (dcm2niix's for phase, real, imaginary and a
+field map in Hz);
 a Dixon map ``water`` is tagged ``_water`` and so on."""
 
 
@@ -126,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     parts = split_series(str(chosen[0].get("SeriesInstanceUID", "")), chosen)
     several_parts = len({key.part for key in parts}) > 1
     # Read every part before writing any, so a refused part leaves no files behind.
-    converted = [(key, series_volumes(members)) for key, members in parts.items()]
+    converted = [(key, series_volumes(members, key.part)) for key, members in parts.items()]
     for key, volumes in converted:
         for volume in volumes:
             echo = key.echo if key.echo is not None else volume.echo

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from myoflow.cohort.analysis import AnalysisSettings
+from myoflow.cohort.analysis_by_sex import with_fat_fraction_percent
 from myoflow.cohort.analysis_tables import read_tables
 from myoflow.cohort.figures import POINT_COLUMNS, cohort_figures, write_figures
 from myoflow.commands import json_object
@@ -23,9 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=HELP,
         description=(
             f"{HELP[0].upper()}{HELP[1:]}; participants' values only as scatter points. "
-            "Writes OUT/{figure}.png and .pdf, the QC montage OUT/qc_montage.png from "
-            "PARTICIPANTS_DIR/{participant}/qc/overlay.png where those exist, and "
-            "OUT/figures.tsv (name, file, caption)."
+            "Writes OUT/{figure}.png and .pdf, the QC montage OUT/qc_montage.png (full "
+            "resolution) and its thumbnail from PARTICIPANTS_DIR/{participant}/qc/overlay.png "
+            "where those exist, and OUT/figures.tsv (name, file, caption, full, text_px)."
         ),
     )
     parser.add_argument("--tables", required=True, type=Path, help="folder of analysis tables")
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         usecols=lambda column: column in wanted,
         dtype={"participant_id": str},
     )
+    points = with_fat_fraction_percent(points)
     drawn = cohort_figures(read_tables(args.tables), points, settings)
     index = write_figures(args.out, drawn, points, args.participants_dir)
     print(

@@ -36,7 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read everything the page shows and write it."""
-    inputs = read_report_inputs(args.tables, args.figures, args.config, args.model_card)
+    inputs = read_report_inputs(
+        args.tables, args.figures, args.config, args.model_card, report_dir=args.out.parent
+    )
     write_report(args.out, inputs)
     card = "with" if inputs.model_card else "without"
     print(

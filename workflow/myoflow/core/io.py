@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from isal import igzip
 
 
 def _process_umask() -> int:
@@ -29,6 +30,10 @@ def _process_umask() -> int:
 # mkstemp creates files readable by the owner only; outputs should get the permissions
 # an ordinary open() would give them, so collaborators and later jobs can read them.
 _FILE_MODE = 0o666 & ~_process_umask()
+
+
+# ISA-L level 2 of 0-3: within 0.2 % of level 3's size at 80 % of its time.
+NIFTI_GZIP_LEVEL = 2
 
 
 class OutputError(OSError):
@@ -129,9 +134,14 @@ def save_nifti(
     image.header.set_qform(affine_ras, code=1)
     image.header["descrip"] = descrip.encode("ascii")[:79]
     image.header.set_xyzt_units("mm", "sec")
-    with atomic_path(path) as tmp:
-        # gzip stores the mtime; nibabel's gzip writer sets it to 0 so bytes are reproducible.
-        nib.save(image, tmp)
+    if not os.fspath(path).endswith(".gz"):
+        with atomic_path(path) as tmp:
+            nib.save(image, tmp)
+        return
+    # ISA-L's gzip writes a stream every gzip reader accepts, about 20 times faster than
+    # zlib's default level at a size within 2 % (bench/convert.py); mtime 0 keeps the bytes
+    # reproducible.
+    write_bytes(path, igzip.compress(image.to_bytes(), compresslevel=NIFTI_GZIP_LEVEL, mtime=0))
 
 
 def read_labels(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:

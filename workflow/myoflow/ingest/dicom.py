@@ -128,11 +128,14 @@ def group_by_series(datasets: Iterable[Dataset]) -> dict[str, list[Dataset]]:
     return groups
 
 
-def series_volumes(datasets: Sequence[Dataset]) -> list[Volume]:
+def series_volumes(datasets: Sequence[Dataset], part: str | None = None) -> list[Volume]:
     """Build the volume(s) of one series.
 
     Args:
         datasets: the files of ONE series, read with pixel data, in any order.
+        part: read only the frames of this image class (the ``part`` of the
+            :class:`~myoflow.ingest.image_types.SubSeries` being read: an enhanced file
+            can mix classes frame by frame); None reads every frame.
 
     Returns:
         One float32 volume per echo (``echo`` set, ordered by echo) when the series
@@ -148,7 +151,7 @@ def series_volumes(datasets: Sequence[Dataset]) -> list[Volume]:
     for ds, name in zip(datasets, names, strict=True):
         if ds.get("Modality") != "MR":
             raise DicomError("not_mr", f"{name}: Modality is {ds.get('Modality')!r}, not 'MR'")
-    frames = collect_frames(datasets, names)
+    frames = collect_frames(datasets, names, part)
     _check_consistent(frames)
     volumes = []
     for echo, members in _split_echoes(frames):

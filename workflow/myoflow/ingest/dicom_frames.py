@@ -18,9 +18,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from myoflow.ingest.dicom_errors import DicomError
+from myoflow.ingest.image_class import class_of, image_class, image_values, type_values
 
 
-class _Header(NamedTuple):
+class FrameHeader(NamedTuple):
     """What one image (frame) says about itself."""
 
     name: str  # file, and frame number in a multi-frame file, for messages
@@ -34,6 +35,8 @@ class _Header(NamedTuple):
     echo_number: int | None
     echo_time: float | None
     thickness_mm: float | None  # SliceThickness: the third axis of a one-slice volume
+    image_type: tuple[str, ...]  # ImageType, or the frame's FrameType
+    part: str  # image class (myoflow.ingest.image_class.class_of)
 
 
 @dataclass
@@ -84,12 +87,16 @@ def _optional_float(value: object) -> float | None:
         return None
 
 
-def collect_frames(datasets: Sequence[Dataset], names: list[str]) -> Frames:
+def collect_frames(
+    datasets: Sequence[Dataset], names: list[str], part: str | None = None
+) -> Frames:
     """Gather the headers of every frame of ``datasets`` (one series) into arrays.
 
     Args:
         datasets: the files of one series, in any order.
         names: one name per dataset, for messages.
+        part: keep only the frames of this image class (an enhanced file can mix
+            classes frame by frame); None keeps every frame.
 
     Returns:
         One entry per frame: a single-frame file gives one, an enhanced MR file one per
@@ -100,13 +107,15 @@ def collect_frames(datasets: Sequence[Dataset], names: list[str]) -> Frames:
             (``missing_geometry``), or a file packs slices that cannot be unpacked
             (``multiframe``).
     """
-    headers: list[_Header] = []
+    headers: list[FrameHeader] = []
     for ds, name in zip(datasets, names, strict=True):
-        if "PerFrameFunctionalGroupsSequence" in ds:
-            headers.extend(_enhanced_frames(ds, name))
-        else:
+        if "PerFrameFunctionalGroupsSequence" not in ds:
             _refuse_packed(ds, name)
-            headers.append(_single_frame(ds, name))
+        headers.extend(frame_headers(ds, name))
+    if part is not None:
+        headers = [h for h in headers if h.part == part]
+        if not headers:
+            raise ValueError(f"no frame of class {part!r} in {names[0]} and the rest")
     for header in headers:
         missing = [
             keyword
@@ -159,8 +168,32 @@ def _refuse_packed(ds: Dataset, name: str) -> None:
         )
 
 
-def _single_frame(ds: Dataset, name: str) -> _Header:
-    return _Header(
+def frame_headers(ds: Dataset, name: str) -> list[FrameHeader]:
+    """What each frame of one file says about itself: one header, or one per frame of an
+    enhanced multi-frame file.
+
+    Raises:
+        DicomError: an enhanced file's frame count disagrees with its functional groups.
+    """
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return _enhanced_frames(ds, name)
+    return [_single_frame(ds, name)]
+
+
+def frame_classes(ds: Dataset) -> list[str]:
+    """The image class of each frame of ``ds`` (one entry for a single-frame file).
+
+    Never raises: a malformed enhanced file gives its file-level class, and reading its
+    frames later refuses it with a reason.
+    """
+    try:
+        return [header.part for header in frame_headers(ds, "")]
+    except DicomError:
+        return [image_class(ds)]
+
+
+def _single_frame(ds: Dataset, name: str) -> FrameHeader:
+    return FrameHeader(
         name,
         (ds, None),
         _floats(ds.get("ImagePositionPatient"), 3),
@@ -173,10 +206,12 @@ def _single_frame(ds: Dataset, name: str) -> _Header:
         first_int(ds.get("EchoNumbers")),
         _optional_float(ds.get("EchoTime")),
         _optional_float(ds.get("SliceThickness")),
+        tuple(image_values(ds)),
+        image_class(ds),
     )
 
 
-def _enhanced_frames(ds: Dataset, name: str) -> list[_Header]:
+def _enhanced_frames(ds: Dataset, name: str) -> list[FrameHeader]:
     """Header rows of an enhanced multi-frame file, one per frame.
 
     Each functional group macro is looked up in the frame's item of
@@ -202,10 +237,18 @@ def _enhanced_frames(ds: Dataset, name: str) -> list[_Header]:
 
         measures = macro("PixelMeasuresSequence")
         values = macro("PixelValueTransformationSequence")
+        # MR Image Frame Type: what this frame is (Philips puts magnitude and field-map
+        # frames, or the mDIXON maps, in one file); without it the file's ImageType.
+        frame_type = macro("MRImageFrameTypeSequence")
+        if "FrameType" in frame_type:
+            type_of_frame = type_values(frame_type.get("FrameType"))
+            part = class_of(type_of_frame, frame_type.get("ComplexImageComponent", ""))
+        else:
+            type_of_frame, part = image_values(ds), image_class(ds)
         slope = _optional_float(values.get("RescaleSlope", ds.get("RescaleSlope")))
         intercept = _optional_float(values.get("RescaleIntercept", ds.get("RescaleIntercept")))
         headers.append(
-            _Header(
+            FrameHeader(
                 f"{name} frame {index + 1}",
                 (ds, index),
                 _floats(macro("PlanePositionSequence").get("ImagePositionPatient"), 3),
@@ -217,6 +260,8 @@ def _enhanced_frames(ds: Dataset, name: str) -> list[_Header]:
                 None,  # enhanced MR has no per-frame EchoNumbers; echo times split echoes
                 _optional_float(macro("MREchoSequence").get("EffectiveEchoTime")),
                 _optional_float(measures.get("SliceThickness")),
+                tuple(type_of_frame),
+                part,
             )
         )
     return headers

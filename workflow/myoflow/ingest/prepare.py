@@ -21,7 +21,7 @@ from myoflow.core.volume import Volume
 from myoflow.ingest.acquisition import acquisition_record
 from myoflow.ingest.dicom import ORIENTATION_TOL, series_volumes
 from myoflow.ingest.dicom_errors import DicomError
-from myoflow.ingest.image_types import group_by_subseries
+from myoflow.ingest.image_types import SubSeries, group_by_subseries
 from myoflow.ingest.series import (
     CHANNELS,
     assign_stations,
@@ -98,7 +98,7 @@ def prepare_participant(
     _check_orientation({(c, s.key): groups[s.key] for c, s in dixon})
     plan = assign_stations(dixon, settings.protocols, ignored_series, settings.expected_stations)
     stations = tuple(
-        Station(number, {c: _volume(groups[key], c, number) for c, key in keys.items()})
+        Station(number, {c: _volume(groups, key, c, number) for c, key in keys.items()})
         for number, keys in enumerate(plan.stations, 1)
     )
     volumes = [v for station in stations for v in station.volumes.values()]
@@ -192,10 +192,12 @@ def _angle_deg(first: np.ndarray, second: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(min(cosines), -1.0, 1.0))))
 
 
-def _volume(datasets: Sequence[pydicom.Dataset], channel: str, station: int) -> Volume:
-    """Read one Dixon series as one volume."""
+def _volume(
+    groups: dict[SubSeries, list[pydicom.Dataset]], key: SubSeries, channel: str, station: int
+) -> Volume:
+    """Read one Dixon (sub-)series as one volume."""
     try:
-        volumes = series_volumes(datasets)
+        volumes = series_volumes(groups[key], key.part)
     except DicomError as err:
         raise ParticipantExcluded(
             "invalid_series", f"{channel} of station {station}: {err.reason}: {err.detail}"

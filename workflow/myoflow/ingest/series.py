@@ -2,15 +2,16 @@
 
 A participant's delivery holds one sub-series per channel (water, fat, in-phase,
 opposed-phase) and station (table position): a series, or the part of one with one echo
-and one image type (:class:`myoflow.ingest.image_types.SubSeries`; a Philips mDIXON series can
-hold all four channels). The **channel** comes from configurable rules on ImageType and
-SeriesDescription (:class:`ChannelRule`; Siemens, Philips and GE Dixon naming, UK Biobank
-and NAKO, ship in :data:`DEFAULT_CHANNEL_RULES`); phase, real and imaginary images are
-never a channel. The **station** comes from where the series lies along the body axis
-(z), never from names, so every channel gets the same set of stations. The number of
-stations is checked for every delivery: against the matching **protocol**
-(:class:`ProtocolRule`) or else ``ingest.expected_stations``; with neither, the delivery
-is excluded (``unknown_protocol``) rather than accepted unchecked.
+and one image type (:class:`myoflow.ingest.image_types.SubSeries`; a Philips mDIXON
+series can hold all four channels). The **channel** comes from configurable rules on
+ImageType and SeriesDescription (:class:`myoflow.ingest.series_rules.ChannelRule`;
+Siemens, Philips and GE Dixon naming, UK Biobank and NAKO ship as defaults); phase, real
+and imaginary images and field maps are never a channel. The **station** comes from where
+the series lies along the body axis (z), never from names, so every channel gets the same
+set of stations. The number of stations is checked for every delivery: against the
+matching **protocol** (:class:`~myoflow.ingest.series_rules.ProtocolRule`) or else
+``ingest.expected_stations``; with neither, the delivery is excluded
+(``unknown_protocol``) rather than accepted unchecked.
 
 Everything here works on :class:`SeriesSummary` values (a few header fields per series),
 so it is pure and fast to test; :func:`summarise` builds one from a series' datasets.
@@ -19,24 +20,24 @@ so it is pure and fast to test; :func:`summarise` builds one from a series' data
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pydicom
 
-from myoflow.core.errors import MyoflowError, ParticipantExcluded
-from myoflow.ingest.image_types import (
-    MAGNITUDE,
-    NOT_MAGNITUDE,
-    SubSeries,
-    image_class,
-    image_values,
+from myoflow.core.errors import ParticipantExcluded
+from myoflow.ingest.dicom_errors import DicomError
+from myoflow.ingest.dicom_frames import frame_headers
+from myoflow.ingest.image_class import MAGNITUDE, NOT_MAGNITUDE, image_class, image_values
+from myoflow.ingest.image_types import SubSeries
+from myoflow.ingest.series_rules import (
+    CHANNELS,
+    DEFAULT_CHANNEL_RULES,
+    DEFAULT_PROTOCOLS,
+    ChannelRule,
+    ProtocolRule,
 )
-
-CHANNELS = ("water", "fat", "in", "opp")
-"""Dixon channels: water, fat, in-phase (W + F) and opposed-phase (|W - F|)."""
 
 SORT_REASONS = {
     "no_dixon_series": "no MR series matches a channel rule (ingest.channel_rules)",
@@ -52,167 +53,6 @@ SORT_REASONS = {
 SAME_STATION_OVERLAP = 0.5
 """Two series are one station when their z ranges overlap by more than this fraction of
 the shorter one. Neighbouring stations overlap by ~10 % (UK Biobank: 18 of 192 mm)."""
-
-
-class RuleError(MyoflowError, ValueError):
-    """A channel or protocol rule in the configuration is malformed."""
-
-
-@dataclass(frozen=True)
-class ChannelRule:
-    """A series holds ``channel`` when every condition given here holds.
-
-    Attributes:
-        channel: one of :data:`CHANNELS`.
-        image_type: a value that must be one of the series' ImageType values (compared
-            case-insensitively), e.g. ``WATER`` for ``DERIVED\\PRIMARY\\DIXON\\WATER``.
-        series_description: a regular expression searched in SeriesDescription
-            (``re.search``, case-sensitive; write ``(?i)`` to ignore case).
-    """
-
-    channel: str
-    image_type: str | None = None
-    series_description: str | None = None
-    _pattern: re.Pattern | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.channel not in CHANNELS:
-            raise RuleError(f"channel rule {self}: channel must be one of {', '.join(CHANNELS)}")
-        if not self.image_type and not self.series_description:
-            raise RuleError(f"channel rule {self}: give image_type, series_description or both")
-        if self.series_description:
-            object.__setattr__(self, "_pattern", _compile(self.series_description, self))
-
-    def matches(self, description: str, image_type: Sequence[str]) -> bool:
-        """Whether a series with this SeriesDescription and ImageType values matches."""
-        if self.image_type and self.image_type.upper() not in {v.upper() for v in image_type}:
-            return False
-        return self._pattern is None or self._pattern.search(description) is not None
-
-    @classmethod
-    def from_config(cls, item: Mapping) -> ChannelRule:
-        """Build a rule from one item of ``ingest.channel_rules``."""
-        return _from_config(cls, item, "ingest.channel_rules")
-
-
-def _from_config(cls: type, item: Mapping, where: str):
-    try:
-        return cls(**dict(item))
-    except TypeError as err:  # a missing or unknown key
-        raise RuleError(f"{where} item {dict(item)}: {err}") from err
-
-
-def _compile(pattern: str, rule: object, key: str = "series_description") -> re.Pattern:
-    try:
-        return re.compile(pattern)
-    except re.error as err:
-        raise RuleError(f"{rule}: {key} is not a regular expression: {err}") from err
-
-
-_SUMMARY_FIELD = {
-    "series_description": "description",
-    "protocol_name": "protocol_name",
-    "manufacturer": "manufacturer",
-}
-
-
-@dataclass(frozen=True)
-class ProtocolRule:
-    """An acquisition protocol, recognised when every Dixon series meets every condition.
-
-    Attributes:
-        name: short name, recorded in ``acquisition.json`` (e.g. ``ukbb``).
-        series_description: regular expression searched in every Dixon series'
-            SeriesDescription.
-        stations: number of stations of a complete acquisition.
-        protocol_name: regular expression searched in every Dixon series' ProtocolName.
-        manufacturer: regular expression searched in every Dixon series' Manufacturer.
-    """
-
-    name: str
-    series_description: str | None = None
-    stations: int | None = None
-    protocol_name: str | None = None
-    manufacturer: str | None = None
-    _patterns: tuple = field(default=(), init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        conditions = {
-            key: getattr(self, key)
-            for key in ("series_description", "protocol_name", "manufacturer")
-            if getattr(self, key)
-        }
-        if not conditions:
-            raise RuleError(
-                f"protocol {self}: give series_description, protocol_name or manufacturer"
-            )
-        patterns = tuple((key, _compile(value, self, key)) for key, value in conditions.items())
-        object.__setattr__(self, "_patterns", patterns)
-        if isinstance(self.stations, bool) or not isinstance(self.stations, int):
-            raise RuleError(f"protocol {self}: stations must be a whole number")
-        if self.stations < 1:
-            raise RuleError(f"protocol {self}: stations must be at least 1")
-
-    def matches(self, series: Sequence[SeriesSummary]) -> bool:
-        """Whether every series meets every condition of this protocol."""
-        return all(
-            pattern.search(getattr(summary, _SUMMARY_FIELD[key]))
-            for summary in series
-            for key, pattern in self._patterns
-        )
-
-    @classmethod
-    def from_config(cls, item: Mapping) -> ProtocolRule:
-        """Build a protocol from one item of ``ingest.protocols``."""
-        return _from_config(cls, item, "ingest.protocols")
-
-
-_GE_PRODUCTS = "(LAVA|FLEX|IDEAL|DIXON)"
-
-DEFAULT_CHANNEL_RULES = (
-    # The Dixon maps marked in ImageType, whatever the protocol is called: Siemens
-    # (DERIVED\PRIMARY\DIXON\WATER, ...\FAT, ...\IN_PHASE, ...\OPP_PHASE or OPPOSED_PHASE),
-    # GE LAVA-Flex / IDEAL (...\WATER, ...\FAT, ...\IN_PHASE, ...\OUT_PHASE) and
-    # Philips mDIXON (DERIVED\PRIMARY\W\W\DERIVED, ...\F\F..., ...\IP..., ...\OP...).
-    ChannelRule("water", image_type="WATER"),
-    ChannelRule("fat", image_type="FAT"),
-    ChannelRule("in", image_type="IN_PHASE"),
-    ChannelRule("opp", image_type="OPPOSED_PHASE"),
-    ChannelRule("opp", image_type="OPP_PHASE"),
-    ChannelRule("opp", image_type="OUT_PHASE"),
-    ChannelRule("water", image_type="W"),
-    ChannelRule("fat", image_type="F"),
-    ChannelRule("in", image_type="IP"),
-    ChannelRule("opp", image_type="OP"),
-    # UK Biobank (Dixon_BH_17s_W, Dixon_noBH_F, ...) and NAKO (T1_VIBE_DIXON_tra_W, ...).
-    ChannelRule("water", series_description="^(Dixon_(BH_17s|noBH)|T1_VIBE_DIXON_tra)_W$"),
-    ChannelRule("fat", series_description="^(Dixon_(BH_17s|noBH)|T1_VIBE_DIXON_tra)_F$"),
-    ChannelRule("in", series_description="^(Dixon_(BH_17s|noBH)|T1_VIBE_DIXON_tra)_in$"),
-    ChannelRule("opp", series_description="^(Dixon_(BH_17s|noBH)|T1_VIBE_DIXON_tra)_opp$"),
-    # Siemens Dixon and VIBE Dixon: syngo appends _W, _F, _in, _opp to the protocol name.
-    ChannelRule("water", series_description="(?i)dixon.*_W$"),
-    ChannelRule("fat", series_description="(?i)dixon.*_F$"),
-    ChannelRule("in", series_description="(?i)dixon.*_in$"),
-    ChannelRule("opp", series_description="(?i)dixon.*_opp$"),
-    # Philips mDIXON: mDIXON W, mDIXON_F, WIP mDIXON IP, T1_mDIXON_OP ...
-    ChannelRule("water", series_description="(?i)m-?dixon.*[ _-](W|WATER)$"),
-    ChannelRule("fat", series_description="(?i)m-?dixon.*[ _-](F|FAT)$"),
-    ChannelRule("in", series_description="(?i)m-?dixon.*[ _-](IP|IN[ _-]?PHASE)$"),
-    ChannelRule("opp", series_description="(?i)m-?dixon.*[ _-](OP|OUT[ _-]?PHASE)$"),
-    # GE LAVA-Flex, IDEAL, Flex: the recon type prefixes the description
-    # (WATER: AX LAVA-FLEX, FAT: ..., InPhase: ..., OutPhase: ...).
-    ChannelRule("water", series_description=f"(?i)^WATER:.*{_GE_PRODUCTS}"),
-    ChannelRule("fat", series_description=f"(?i)^FAT:.*{_GE_PRODUCTS}"),
-    ChannelRule("in", series_description=f"(?i)^IN[ _-]?PHASE:.*{_GE_PRODUCTS}"),
-    ChannelRule("opp", series_description=f"(?i)^OUT[ _-]?PHASE:.*{_GE_PRODUCTS}"),
-)
-"""Shipped channel rules; ``config/config.yaml`` (``ingest.channel_rules``) holds the same."""
-
-DEFAULT_PROTOCOLS = (
-    ProtocolRule("ukbb", "^Dixon_(BH_17s|noBH)_", 6),
-    ProtocolRule("nako", "^T1_VIBE_DIXON_tra_", 4),
-)
-"""Shipped protocols; ``config/config.yaml`` (``ingest.protocols``) holds the same."""
 
 
 @dataclass(frozen=True)
@@ -287,29 +127,39 @@ class SeriesPlan:
 def summarise(key: SubSeries | str, datasets: Sequence[pydicom.Dataset]) -> SeriesSummary:
     """Summarise one (sub-)series from its datasets (headers suffice).
 
-    ``z_range_mm`` covers the corners of every slice, so it is right whatever the slice
-    orientation; slices without usable geometry are left out of it (reading the
-    series later refuses them with a reason).
+    ``z_range_mm`` covers the corners of every slice (every frame of an enhanced file),
+    so it is right whatever the slice orientation; slices without usable geometry are
+    left out of it (reading the series later refuses them with a reason). A sub-series
+    of an enhanced file that mixes classes is described by its own frames' FrameType.
     """
     first = datasets[0]
     z_values = []
+    image_type = tuple(image_values(first))
     for ds in datasets:
         try:
-            position = np.array([float(v) for v in ds.ImagePositionPatient])
-            orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
-            between_rows, between_columns = (float(v) for v in ds.PixelSpacing)
-            # Along the row direction (IOP[0:3]) lie the columns, and vice versa.
-            extent = (int(ds.Columns) - 1) * between_columns, (int(ds.Rows) - 1) * between_rows
-        except (AttributeError, TypeError, ValueError):
+            frames = frame_headers(ds, "")
+        except DicomError:
             continue
-        corners = [0.0, orientation[2] * extent[0], orientation[5] * extent[1]]
-        z_values += [position[2] + min(0, corners[1]) + min(0, corners[2])]
-        z_values += [position[2] + max(0, corners[1]) + max(0, corners[2])]
+        if isinstance(key, SubSeries):
+            frames = [frame for frame in frames if frame.part == key.part]
+        if ds is first and frames and "PerFrameFunctionalGroupsSequence" in ds:
+            image_type = frames[0].image_type
+        for frame in frames:
+            if None in (frame.position, frame.orientation, frame.pixel_spacing):
+                continue
+            position, orientation = np.array(frame.position), np.array(frame.orientation)
+            between_rows, between_columns = frame.pixel_spacing
+            # Along the row direction (IOP[0:3]) lie the columns, and vice versa.
+            rows, columns = frame.size
+            extent = (columns - 1) * between_columns, (rows - 1) * between_rows
+            corners = [0.0, orientation[2] * extent[0], orientation[5] * extent[1]]
+            z_values += [position[2] + min(0, corners[1]) + min(0, corners[2])]
+            z_values += [position[2] + max(0, corners[1]) + max(0, corners[2])]
     z_range = (min(z_values), max(z_values)) if z_values else (np.nan, np.nan)
     return SeriesSummary(
         key=key,
         description=_text(first, "SeriesDescription"),
-        image_type=tuple(image_values(first)),
+        image_type=image_type,
         z_range_mm=(float(z_range[0]), float(z_range[1])),
         n_files=len(datasets),
         part=key.part if isinstance(key, SubSeries) else image_class(first),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from myoflow.core.errors import MyoflowError
 from myoflow.ingest.limits import DEFAULT_LIMITS, DeliveryLimits
-from myoflow.ingest.series import (
+from myoflow.ingest.series_rules import (
     DEFAULT_CHANNEL_RULES,
     DEFAULT_PROTOCOLS,
     ChannelRule,
@@ -53,7 +53,7 @@ class IngestSettings:
         Missing keys take the defaults (which ``config/config.yaml`` repeats).
 
         Raises:
-            myoflow.ingest.series.RuleError: a malformed rule.
+            myoflow.ingest.series_rules.RuleError: a malformed rule.
             SettingsError: a malformed grid spacing or expected_stations.
             myoflow.ingest.limits.LimitsError: malformed limits.
         """

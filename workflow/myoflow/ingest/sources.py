@@ -151,9 +151,18 @@ def zip_members(archive: Path, limits: DeliveryLimits = DEFAULT_LIMITS) -> Itera
 
     The central directory (count, declared sizes, compression ratios) is checked against
     ``limits`` before the first member is read, and each member is read with a bounded
-    reader (:func:`_read_zip_member`).
+    reader (:func:`_read_zip_member`). The entry count the archive's end record declares
+    is checked even before that, since zipfile holds the whole central directory in
+    memory (about 0.5 KB per entry) once it opens the archive.
     """
     try:
+        entries = zip_entry_count(archive)
+        if entries is not None and entries > 2 * limits.max_files:
+            raise ParticipantExcluded(
+                "delivery_too_large",
+                f"{archive} declares {entries} entries, more than twice the limit of "
+                f"{limits.max_files} files",
+            )
         with zipfile.ZipFile(archive) as zf:
             infos = sorted((i for i in zf.infolist() if not i.is_dir()), key=lambda i: i.filename)
             listing = ((i.filename, i.file_size, i.compress_size) for i in infos)
@@ -166,6 +175,32 @@ def zip_members(archive: Path, limits: DeliveryLimits = DEFAULT_LIMITS) -> Itera
         raise ParticipantExcluded("zip_corrupt", f"{archive}: {err}") from err
     except OSError as err:
         raise ParticipantExcluded("dicom_unreadable", f"{archive}: {err.strerror or err}") from err
+
+
+_EOCD = b"PK\x05\x06"  # end of central directory record
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_EOCD_SEARCH = 22 + 0xFFFF  # the record, and the longest comment it may carry
+
+
+def zip_entry_count(archive: Path) -> int | None:
+    """The number of entries (files and folders) a zip's end record declares, read from
+    the archive's last 64 KiB without parsing its central directory; None when there is
+    no end record (zipfile then reports the archive as corrupt)."""
+    with open(archive, "rb") as stream:
+        stream.seek(0, os.SEEK_END)
+        size = stream.tell()
+        stream.seek(max(0, size - _EOCD_SEARCH))
+        tail = stream.read()
+        end = tail.rfind(_EOCD)
+        if end < 0 or len(tail) < end + 22:
+            return None
+        count = int.from_bytes(tail[end + 10 : end + 12], "little")
+        locator = end - 20
+        if count != 0xFFFF or locator < 0 or tail[locator : locator + 4] != _ZIP64_LOCATOR:
+            return count
+        # ZIP64: the locator gives the offset of the ZIP64 end record, which holds the count.
+        stream.seek(int.from_bytes(tail[locator + 8 : locator + 16], "little") + 32)
+        return int.from_bytes(stream.read(8), "little")
 
 
 _OVERSHOOT = 1 << 20

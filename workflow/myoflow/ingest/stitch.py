@@ -46,7 +46,9 @@ UKBB_SPACING_MM = (500.0 / 224.0, 500.0 / 224.0, 3.0)
 """Voxel size of the UK Biobank stitched grid (2.232142857 x 2.232142857 x 3 mm)."""
 
 GAP_TOLERANCE_MM = 0.1
-"""Stations whose z extents are further apart than this do not touch."""
+"""Stations whose z extents are further apart than this do not touch; a narrower gap is
+bridged: each station covers up to half of it along z (:func:`coverage`), so no grid
+slice in it is left empty."""
 
 MIN_WEIGHT = 1e-5
 """Smallest weight of a station wherever it covers z (see :func:`blend_weights`)."""
@@ -213,18 +215,31 @@ def blend_weights(
     return np.divide(raw, total, out=np.zeros_like(raw), where=total > 0)
 
 
-def covered(index: np.ndarray, size: float) -> np.ndarray:
+def covered(
+    index: np.ndarray, size: float, tolerance: float | np.ndarray = COVER_TOLERANCE_VOXELS
+) -> np.ndarray:
     """Whether fractional voxel indices along one axis of a station of ``size`` voxels lie
-    in it: within half a voxel of its outer voxel centres, give or take
-    :data:`COVER_TOLERANCE_VOXELS`. The one rule of coverage (see :func:`coverage`)."""
+    in it: within half a voxel of its outer voxel centres, give or take ``tolerance``
+    voxels (:data:`COVER_TOLERANCE_VOXELS`; along z, :func:`z_tolerance_voxels`). The one
+    rule of coverage (see :func:`coverage`)."""
     index = np.asarray(index, dtype=float)
-    return (index >= -0.5 - COVER_TOLERANCE_VOXELS) & (index <= size - 0.5 + COVER_TOLERANCE_VOXELS)
+    return (index >= -0.5 - tolerance) & (index <= size - 0.5 + tolerance)
+
+
+def z_tolerance_voxels(step_mm: float) -> float:
+    """The tolerance of :func:`covered` along z for slices ``step_mm`` apart: enough to
+    bridge half of a gap :func:`check_contiguous` lets pass."""
+    return max(COVER_TOLERANCE_VOXELS, GAP_TOLERANCE_MM / 2 / abs(step_mm))
 
 
 def _covered_z(z_mm: np.ndarray, z_range: ZRange) -> np.ndarray:
     """:func:`covered` along z for a station known only by its :class:`ZRange`."""
     voxel = 2 * z_range.margin
-    return covered((z_mm - z_range.low) / voxel, (z_range.high - z_range.low) / voxel + 1)
+    return covered(
+        (z_mm - z_range.low) / voxel,
+        (z_range.high - z_range.low) / voxel + 1,
+        z_tolerance_voxels(voxel),
+    )
 
 
 class Coverage(NamedTuple):
@@ -262,7 +277,8 @@ class Coverage(NamedTuple):
 def coverage(shape: Sequence[int], affine_lps: np.ndarray, grid: Grid) -> Coverage:
     """Which points of ``grid`` the station of array ``shape`` and voxel -> LPS mm
     ``affine_lps`` covers: those whose voxel indices are :func:`covered` along every axis,
-    i.e. within its voxel box, give or take :data:`COVER_TOLERANCE_VOXELS`.
+    i.e. within its voxel box, give or take :data:`COVER_TOLERANCE_VOXELS` (along its
+    slice axis, the one nearest LPS z, :func:`z_tolerance_voxels`).
 
     Stitching decides coverage here only: blend weights (:func:`blend_weights`), the
     mask :func:`sample` returns and the normaliser of :func:`stitch` all follow it.
@@ -270,9 +286,15 @@ def coverage(shape: Sequence[int], affine_lps: np.ndarray, grid: Grid) -> Covera
     affine = np.asarray(affine_lps, dtype=float)
     axes = [grid.axis_mm(0), grid.axis_mm(1), grid.axis_mm(2)]
     permutation = _axis_permutation(affine)
+    # Per station axis: the tolerance of coverage, wider along the axis nearest LPS z.
+    slice_axis = int(np.abs(affine[2, :3]).argmax())
+    tolerance = np.full(3, COVER_TOLERANCE_VOXELS)
+    tolerance[slice_axis] = z_tolerance_voxels(float(np.linalg.norm(affine[:3, slice_axis])))
     if permutation is not None:
         index = _separable_indices(affine, axes, permutation)
-        inside = [covered(index[a], shape[permutation[a]]) for a in range(3)]
+        inside = [
+            covered(index[a], shape[permutation[a]], tolerance[permutation[a]]) for a in range(3)
+        ]
         points = inside[0][:, None, None] & inside[1][None, :, None]
         return Coverage(inside[2] & points.any(), points)
     # Oblique: per point, over the slices its voxel box can reach (with room to spare).
@@ -285,7 +307,8 @@ def coverage(shape: Sequence[int], affine_lps: np.ndarray, grid: Grid) -> Covera
         near = slice(int(np.flatnonzero(reach)[0]), int(np.flatnonzero(reach)[-1]) + 1)
         index = _general_indices(affine, [axes[0], axes[1], axes[2][near]])
         size = np.asarray(shape, dtype=float)[:, None]
-        points[:, :, near] = np.all(covered(index, size), axis=0).reshape(points[:, :, near].shape)
+        inside = np.all(covered(index, size, tolerance[:, None]), axis=0)
+        points[:, :, near] = inside.reshape(points[:, :, near].shape)
     return Coverage(points.any(axis=(0, 1)), points)
 
 

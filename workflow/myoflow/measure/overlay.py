@@ -29,6 +29,11 @@ from myoflow import __version__
 from myoflow.core.labels import COLOURS, GROUPS, LABELS
 
 MAX_BYTES = 300_000
+FIGURE_WIDTH_IN = 15.0
+"""Width of an overlay in inches: at 100 dpi, 1,500 pixels."""
+SMALLEST_FONT_PT = 9
+"""Size of the overlay's smallest text (panel titles, legend), so that a montage can
+tell how large that text is in pixels: SMALLEST_FONT_PT / 72 x pixels / FIGURE_WIDTH_IN."""
 MARGIN_MM = 25.0  # context around the segmented region in every panel
 
 
@@ -227,28 +232,30 @@ def draw_overlay(
     fig, axes = plt.subplots(
         1,
         6,
-        figsize=(15.0, 15.0 / sum(ratios) + 1.2),
+        figsize=(FIGURE_WIDTH_IN, FIGURE_WIDTH_IN / sum(ratios) + 1.2),
         gridspec_kw={"width_ratios": ratios},
     )
     _projection(axes[0], w, lab, sz / sx, vmax)
-    axes[0].set_title("coronal MIP", fontsize=9)
+    axes[0].set_title("coronal MIP", fontsize=SMALLEST_FONT_PT)
     _mark(axes[0], "R", "L")
     _show_slice(axes[1], w[:, ilio[1], ::-1], lab[:, ilio[1], ::-1], sz / sx, vmax)
-    axes[1].set_title("coronal, iliopsoas", fontsize=9)
+    axes[1].set_title("coronal, iliopsoas", fontsize=SMALLEST_FONT_PT)
     _mark(axes[1], "R", "L")
     for ax, side in zip(axes[2:4], ("right", "left"), strict=True):
         i = sides[side][0]
         _show_slice(ax, w[i, :, ::-1], lab[i, :, ::-1], sz / sy, vmax)
-        ax.set_title(f"sagittal, {side}", fontsize=9)
+        ax.set_title(f"sagittal, {side}", fontsize=SMALLEST_FONT_PT)
         _mark(ax, "A", "P")
     _show_slice(axes[4], w[:, :, k_csa], lab[:, :, k_csa], sy / sx, vmax)
-    axes[4].set_title("axial, psoas max CSA", fontsize=9)
+    axes[4].set_title("axial, psoas max CSA", fontsize=SMALLEST_FONT_PT)
     _show_slice(axes[5], w[:, :, glut[2]], lab[:, :, glut[2]], sy / sx, vmax)
-    axes[5].set_title("axial, glutei", fontsize=9)
+    axes[5].set_title("axial, glutei", fontsize=SMALLEST_FONT_PT)
     for ax in axes[4:]:
         _mark(ax, "R", "L")
     handles = [plt.Line2D([], [], color=c, label=n.replace("_", " ")) for n, c in COLOURS.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=5, frameon=False, fontsize=9)
+    fig.legend(
+        handles=handles, loc="lower center", ncol=5, frameon=False, fontsize=SMALLEST_FONT_PT
+    )
     fig.suptitle(_title(participant_id, record), fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.94), w_pad=0.5)
     return fig

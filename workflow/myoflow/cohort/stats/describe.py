@@ -27,6 +27,12 @@ TABLE2_METRICS = (
     "imi_ml_m2",
     "psoas_max_csa_total_cm2",
     "vol_gluteus_total_ml",
+    *(f"ff_{m}_{s}_pct" for m in ("psoas_major", "iliacus") for s in ("left", "right")),
+    *(
+        f"ff_gluteus_{m}_{s}_pct"
+        for m in ("maximus", "medius", "minimus")
+        for s in ("left", "right")
+    ),
 )
 ALL = "all"
 """Group label of the rows that pool every group."""
