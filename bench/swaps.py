@@ -36,6 +36,13 @@ import pandas as pd
 from myoflow.ingest import stitch
 from myoflow.measure import swaps
 from myoflow.synth import phenotypes
+from myoflow.synth.appearance_render import (
+    acquisition_protocol,
+    cohort_appearance,
+    noise_sigma,
+    noiseless_channels,
+    station_images,
+)
 from myoflow.synth.geometry import protocol
 from myoflow.synth.render import render_participant
 from myoflow.synth.rng import participant_rng
@@ -80,11 +87,9 @@ class Acquisitions:
     before its noise, which is drawn alike for both; only water and fat are re-stitched.
     """
 
-    def __init__(self, phantom, proto, rng: np.random.Generator, spacing_mm) -> None:
-        bias = bias_field(proto.grid.shape, rng)
-        water, fat = phantom.water * bias, phantom.fat * bias
+    def __init__(self, proto, clean: list[dict[str, np.ndarray]], spacing_mm) -> None:
         self.proto = proto
-        self.clean = [station_channels(water, fat, s, Artefacts(), rng)[0] for s in proto.stations]
+        self.clean = clean
         self.affines = [station_grid(proto.grid, s).affine_lps() for s in proto.stations]
         shapes = [ch["water"].shape for ch in self.clean]
         self.grid = stitch.common_grid(shapes, self.affines, spacing_mm)
@@ -114,21 +119,50 @@ class Acquisitions:
         return [water, fat, self.phases["in"], self.phases["opp"]]
 
 
-def evaluate(job: tuple[int, int, str, str, str | None]) -> list[dict]:
+def standard_stations(seed: int, index: int, row: dict, size: str, rng: np.random.Generator):
+    """The standard appearance: one coil bias, the standard noise, every station alike."""
+    proto = protocol("ukbb", size)
+    phantom = render_participant(row, proto.grid, participant_rng(seed, index, "texture"))
+    bias = bias_field(proto.grid.shape, rng)
+    water, fat = phantom.water * bias, phantom.fat * bias
+    return proto, [station_channels(water, fat, s, Artefacts(), rng)[0] for s in proto.stations]
+
+
+def randomised_stations(seed: int, index: int, row: dict, size: str, rng: np.random.Generator):
+    """A randomised appearance (docs/appearance.md), drawn as ``myoflow synth --appearance
+    randomised`` draws participant ``index``'s: its own sequence and tissue signals, blur,
+    whole-body bias, vendor gain, and per station a gain, bias field and noise level."""
+    n_stations = len(protocol("ukbb", size).stations)
+    appearance = cohort_appearance("randomised", seed, index, row, n_stations)
+    proto = acquisition_protocol("ukbb", size, appearance)
+    texture = participant_rng(seed, index, "texture")
+    phantom = render_participant(row, proto.grid, texture, appearance)
+    clean, gain = noiseless_channels(phantom, appearance, proto.grid, rng)
+    sigma = noise_sigma(appearance, row, gain)
+    stations = [
+        station_images(clean, s, appearance, Artefacts(), sigma, rng, rng)[0]
+        for s in proto.stations
+    ]
+    return proto, stations
+
+
+APPEARANCES = {"standard": standard_stations, "randomised": randomised_stations}
+
+
+def evaluate(job: tuple[int, int, str, str, str, str | None]) -> list[dict]:
     """Render one participant, acquire it clean / whole swap / partial swap, judge each
     acquisition with every detector."""
-    seed, index, size, grid_name, baseline = job
-    proto = protocol("ukbb", size)
+    seed, index, size, grid_name, appearance, baseline = job
     row = phenotypes.sample_cohort(seed, 1, "ukbb", first_index=index).to_dict("records")[0]
-    phantom = render_participant(row, proto.grid, participant_rng(seed, index, "texture"))
     rng = participant_rng(seed, index, "swap-bench")
-    n = len(proto.stations)
+    n = len(protocol("ukbb", size).stations)
     draws = [
         ("clean", Artefacts()),
         ("whole", sample_artefacts(rng, n, ONLY_SWAP)),
         ("partial", sample_artefacts(rng, n, ONLY_PARTIAL)),
     ]
-    acquired = Acquisitions(phantom, proto, rng, GRIDS[grid_name])
+    proto, clean = APPEARANCES[appearance](seed, index, row, size, rng)
+    acquired = Acquisitions(proto, clean, GRIDS[grid_name])
     affine = acquired.grid.affine_ras()
     results = []
     for kind, artefacts in draws:
@@ -209,6 +243,7 @@ def main() -> None:
     parser.add_argument("--participants", type=int, default=200)
     parser.add_argument("--size", choices=("small", "full"), default="small")
     parser.add_argument("--grid", choices=tuple(GRIDS), default="ukbb")
+    parser.add_argument("--appearance", choices=tuple(APPEARANCES), default="standard")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--first", type=int, default=1, help="index of the first participant")
@@ -218,7 +253,7 @@ def main() -> None:
 
     started = time.perf_counter()
     jobs = [
-        (args.seed, i, args.size, args.grid, args.baseline)
+        (args.seed, i, args.size, args.grid, args.appearance, args.baseline)
         for i in range(args.first, args.first + args.participants)
     ]
     with ProcessPoolExecutor(args.workers) as pool:
@@ -227,7 +262,8 @@ def main() -> None:
     if args.save:
         table.to_csv(args.save, sep="\t", index=False)
     print(
-        f"{args.participants} {args.size} participants, {args.grid} grid, seed {args.seed},"
+        f"{args.participants} {args.size} participants, {args.appearance} appearance,"
+        f" {args.grid} grid, seed {args.seed},"
         f" first {args.first} ({seconds:.0f} s wall)"
     )
     for label, rows in table.groupby("detector", sort=False):
