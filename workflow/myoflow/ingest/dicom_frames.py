@@ -186,8 +186,10 @@ def frame_classes(ds: Dataset) -> list[str]:
     Never raises: a malformed enhanced file gives its file-level class, and reading its
     frames later refuses it with a reason.
     """
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return [image_class(ds)]
     try:
-        return [header.part for header in frame_headers(ds, "")]
+        return [header.part for header in _enhanced_frames(ds, "")]
     except DicomError:
         return [image_class(ds)]
 

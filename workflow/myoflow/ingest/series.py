@@ -136,21 +136,23 @@ def summarise(key: SubSeries | str, datasets: Sequence[pydicom.Dataset]) -> Seri
     z_values = []
     image_type = tuple(image_values(first))
     for ds in datasets:
-        try:
-            frames = frame_headers(ds, "")
-        except DicomError:
-            continue
-        if isinstance(key, SubSeries):
-            frames = [frame for frame in frames if frame.part == key.part]
-        if ds is first and frames and "PerFrameFunctionalGroupsSequence" in ds:
-            image_type = frames[0].image_type
-        for frame in frames:
-            if None in (frame.position, frame.orientation, frame.pixel_spacing):
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            try:
+                frames = frame_headers(ds, "")
+            except DicomError:
                 continue
-            position, orientation = np.array(frame.position), np.array(frame.orientation)
-            between_rows, between_columns = frame.pixel_spacing
+            if isinstance(key, SubSeries):
+                frames = [frame for frame in frames if frame.part == key.part]
+            if ds is first and frames:
+                image_type = frames[0].image_type
+            geometry = [(f.position, f.orientation, f.pixel_spacing, f.size) for f in frames]
+        else:  # read directly: the full frame header costs ~0.2 ms a file
+            geometry = [_plane_geometry(ds)]
+        for position, orientation, pixel_spacing, (rows, columns) in geometry:
+            if None in (position, orientation, pixel_spacing):
+                continue
+            between_rows, between_columns = pixel_spacing
             # Along the row direction (IOP[0:3]) lie the columns, and vice versa.
-            rows, columns = frame.size
             extent = (columns - 1) * between_columns, (rows - 1) * between_rows
             corners = [0.0, orientation[2] * extent[0], orientation[5] * extent[1]]
             z_values += [position[2] + min(0, corners[1]) + min(0, corners[2])]
@@ -167,6 +169,21 @@ def summarise(key: SubSeries | str, datasets: Sequence[pydicom.Dataset]) -> Seri
         protocol_name=_text(first, "ProtocolName"),
         manufacturer=_text(first, "Manufacturer"),
     )
+
+
+def _plane_geometry(ds: pydicom.Dataset) -> tuple:
+    """(position, orientation, pixel spacing, (rows, columns)) of a single-frame image; a
+    value that is missing or malformed is None."""
+    try:
+        position = [float(v) for v in ds.ImagePositionPatient]
+        orientation = [float(v) for v in ds.ImageOrientationPatient]
+        spacing = [float(v) for v in ds.PixelSpacing]
+        size = (int(ds.Rows), int(ds.Columns))
+    except (AttributeError, TypeError, ValueError):
+        return None, None, None, (0, 0)
+    if (len(position), len(orientation), len(spacing)) != (3, 6, 2):
+        return None, None, None, (0, 0)
+    return position, orientation, spacing, size
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
