@@ -165,7 +165,7 @@ def html_table(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> str
     readable headers and names (:mod:`myoflow.cohort.names`), numbers to 4 digits."""
     if columns is not None:
         frame = frame[[c for c in columns if c in frame.columns]]
-    if "note" in frame.columns and (frame["note"].fillna("").astype(str) == "").all():
+    if "note" in frame.columns and (frame["note"].isna() | (frame["note"].astype(str) == "")).all():
         frame = frame.drop(columns="note")
     head = "".join(f"<th>{html.escape(header(str(c)))}</th>" for c in frame.columns)
     body = []
