@@ -18,7 +18,7 @@ papers give them; where a paper gives a figure rather than a number, the row say
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,15 +159,18 @@ def papers_table(
             ]
         )
 
-    for item in PUBLISHED[:2]:
-        add(
-            item.source,
-            item.quantity,
-            item.sex,
-            _mean_sd(item.value, item.sd),
-            _table2_cell(t2, item.metric, item.sex, item.scale),
-            _planted_mean(planted, item),
-        )
+    def add_published(items: Sequence[Published]) -> None:
+        for item in items:
+            add(
+                item.source,
+                item.quantity,
+                item.sex,
+                _mean_sd(item.value, item.sd),
+                _table2_cell(t2, item.metric, item.sex, item.scale),
+                _planted_mean(planted, item),
+            )
+
+    add_published(PUBLISHED[:2])
     asymmetry = tables.get("asymmetry")
     spread = (planted or {}).get("iliopsoas_asymmetry_pct") or {}
     for sex in ("F", "M"):
@@ -207,15 +210,7 @@ def papers_table(
             "" if value is None else f"{value:.2f}",
         )
     rows += _imi_age_rows(tables, planted, why_not)
-    for item in PUBLISHED[2:]:
-        add(
-            item.source,
-            item.quantity,
-            item.sex,
-            _mean_sd(item.value, item.sd),
-            _table2_cell(t2, item.metric, item.sex, item.scale),
-            _planted_mean(planted, item),
-        )
+    add_published(PUBLISHED[2:])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
