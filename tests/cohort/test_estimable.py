@@ -19,6 +19,7 @@ from myoflow.cohort.estimable import finite_table
 from myoflow.cohort.plots import percentile_plot
 from myoflow.cohort.report import ReportInputs, render_report
 from myoflow.commands import analyse, plot, report
+from myoflow.core.labels import MUSCLES
 
 ROOT = Path(__file__).parents[2]
 ID = "participant_id"
@@ -41,13 +42,7 @@ def one_man(tmp_path_factory) -> Path:
     man = phenotypes.loc[phenotypes["sex"] == "M", ID].iloc[:1]
     keep = pd.concat([women, man])
     truth = truth[truth[ID].isin(keep)].reset_index(drop=True)
-    for muscle in (
-        "psoas_major",
-        "iliacus",
-        "gluteus_maximus",
-        "gluteus_medius",
-        "gluteus_minimus",
-    ):
+    for muscle in MUSCLES:
         for side, shift in (("left", 0.0), ("right", 0.002)):
             truth[f"ff_{muscle}_{side}"] = truth[f"ff_{muscle}"] + shift
     write_pipeline(folder, phenotypes[phenotypes[ID].isin(keep)], truth)
