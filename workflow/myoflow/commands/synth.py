@@ -111,6 +111,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "noise, encoding and muscle shapes, recorded in truth.tsv (docs/appearance.md)",
     )
     parser.add_argument(
+        "--appearance-seed",
+        type=int,
+        default=None,
+        help="with --appearance randomised: draw the appearances from this seed instead of "
+        "--seed (the same participants as another set of scanners would deliver them)",
+    )
+    parser.add_argument(
         "--workers", type=_positive, default=1, help="participants rendered in parallel"
     )
     parser.set_defaults(func=run)
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         noiseless=args.noiseless,
         bad_inputs=args.bad_inputs,
         appearance=args.appearance,
+        appearance_seed=args.appearance_seed,
     )
     started = time.perf_counter()
     try:

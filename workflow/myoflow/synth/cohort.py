@@ -75,6 +75,14 @@ class CohortSpec:
     noiseless: bool = False  # also write truth/{participant}/water_noiseless.nii.gz
     bad_inputs: float = 0.0  # fraction of participants given one case of corrupt.CASES
     appearance: str = "standard"  # or "randomised" (myoflow.synth.appearance)
+    # Seed of the randomised appearances; None: the cohort seed. Another value renders the
+    # same participants (bodies, phenotypes, artefacts) as another set of scanners would.
+    appearance_seed: int | None = None
+
+    @property
+    def look_seed(self) -> int:
+        """The seed the participants' appearances are drawn from."""
+        return self.seed if self.appearance_seed is None else self.appearance_seed
 
 
 def planned_hips(table: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -190,7 +198,7 @@ def generate_participant(
 
     proto = protocol(spec.protocol, spec.size)
     artefacts = Artefacts(**artefact_fields)
-    appearance = cohort_appearance(spec.appearance, spec.seed, index, row, len(proto.stations))
+    appearance = cohort_appearance(spec.appearance, spec.look_seed, index, row, len(proto.stations))
     if appearance is not None:
         proto = acquisition_protocol(spec.protocol, spec.size, appearance)
     grid = proto.grid
@@ -198,11 +206,11 @@ def generate_participant(
     phantom = render_participant(row, grid, texture_rng, appearance)
     pid = row["participant_id"]
     patient = planted_identifiers(spec.seed, index, pd.Series(row))
-    noise_rng = participant_rng(spec.seed, index, "noise")
+    noise_rng = participant_rng(spec.look_seed, index, "noise")
     dicom_root = spec.out / "dicom"
     dicom_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{pid}.", dir=dicom_root))
-    bias_rng = participant_rng(spec.seed, index, "bias")
+    bias_rng = participant_rng(spec.look_seed, index, "bias")
     extra: dict[str, object] = {}
     if appearance is None:
         # One coil sensitivity over the whole body: what every station sees where it overlaps.
@@ -217,7 +225,7 @@ def generate_participant(
         clean, gain = noiseless_channels(phantom, appearance, grid, bias_rng)
         water = clean["water"]
         sigma = noise_sigma(appearance, row, gain)
-        field_rng = participant_rng(spec.seed, index, "station-fields")
+        field_rng = participant_rng(spec.look_seed, index, "station-fields")
 
         def images(station):
             return station_images(
@@ -443,6 +451,7 @@ def manifest(spec: CohortSpec) -> dict:
         # Grids and stations differ per participant: truth.tsv's appearance_* columns.
         out["appearance"] = {
             "mode": spec.appearance,
+            "seed": spec.look_seed,
             "note": "each participant's slice spacing, sequence, tissue signals, fields, "
             "noise, encoding and shape variation are in truth.tsv (appearance_*, shape_*); "
             "grid and stations above are the protocol's before reslicing; docs/appearance.md",
