@@ -224,9 +224,18 @@ def progress(line: str) -> None:
 
 
 def synthesised_pairs(
-    work: Path, seed: int, participants: int, size: str, log: Callable[[str], None]
+    work: Path,
+    seed: int,
+    participants: int,
+    size: str,
+    log: Callable[[str], None],
+    appearance: str = "standard",
+    appearance_seed: int | None = None,
 ) -> tuple[list[TrainingPair], dict[str, dict[str, str]]]:
     """Participants 1 to ``participants`` of cohort ``seed``, synthesised and converted.
+
+    ``appearance`` and ``appearance_seed`` are those of ``myoflow synth`` (a randomised
+    look, drawn from the cohort seed unless another is given).
 
     Participants no complete batch holds are generated in batches of up to :data:`BATCH`,
     ``work/synth/{first:06d}-{last:06d}``, each a ``myoflow synth`` folder whose
@@ -259,8 +268,16 @@ def synthesised_pairs(
             "artefact_rates": asdict(NO_ARTEFACTS),
             "bad_inputs": 0.0,
         }
-        if any(made.get(key) != value for key, value in expected.items()):
-            sys.exit(f"{folder} is not a batch of cohort {expected}: give another --work")
+        look = made.get("appearance", {"mode": "standard"})
+        expected_look = {"mode": appearance}
+        if appearance != "standard":
+            expected_look["seed"] = seed if appearance_seed is None else appearance_seed
+        if any(made.get(key) != value for key, value in expected.items()) or any(
+            look.get(key) != value for key, value in expected_look.items()
+        ):
+            sys.exit(
+                f"{folder} is not a batch of cohort {expected | expected_look}: give another --work"
+            )
         first = int(made["first_index"])
         held |= dict.fromkeys(range(first, first + int(made["participants"])), folder)
     missing = [i for i in wanted if i not in held]
@@ -276,6 +293,8 @@ def synthesised_pairs(
             size=size,
             rates=NO_ARTEFACTS,
             first_index=first,
+            appearance=appearance,
+            appearance_seed=appearance_seed,
         )
         generate_cohort(spec)
         log(f"synthesised in {time.perf_counter() - started:.0f} s")

@@ -251,6 +251,12 @@ def training_budget(training):
     return str(training.get("max_minutes") or 0)
 
 
+def intensity_flag(training):
+    """` --intensity-augmentation` when config training.intensity_augmentation is true
+    (a param: switching it retrains), else nothing."""
+    return " --intensity-augmentation" if training.get("intensity_augmentation") else ""
+
+
 def training_start(training):
     """The card of the model training starts from (--init-from), if any, as an input."""
     start = training.get("init_from")

@@ -53,6 +53,7 @@ rule train:
         learning_rate=TRAINING["learning_rate"],
         split=training_split(TRAINING),
         seed=TRAINING["seed"],
+        intensity=intensity_flag(TRAINING),
         start=(
             f" --init-from {shlex.quote(TRAINING['init_from'])}"
             if TRAINING.get("init_from")
@@ -64,7 +65,7 @@ rule train:
         " --epochs {params.epochs} --copies {params.copies}"
         " --batch-size {params.batch_size} --lr {params.learning_rate}"
         " {params.split} --seed {params.seed} --threads {threads}"
-        "{params.start}"
+        "{params.intensity}{params.start}"
         " --device {resources.device} --max-minutes {resources.max_minutes}"
         " > {log:q} 2>&1"
 
@@ -110,6 +111,7 @@ rule refine:
             + [str(v) for shift in REFINE.get("coarse_shifts_mm", []) for v in shift]
         ),
         seed=TRAINING["seed"],
+        intensity=intensity_flag(TRAINING),
     shell:
         "myoflow refine --model {params.model_dir:q} --pairs {input.pairs:q}"
         " --train-split {input.split:q} --held-out-pairs {input.pairs:q} --split {input.split:q}"
@@ -117,7 +119,7 @@ rule refine:
         " --batch-size {params.batch_size} --patch {params.patch}"
         " --learning-rate {params.learning_rate} --features {params.features}"
         " --dilations {params.dilations} {params.shifts} --seed {params.seed}"
-        " --threads {threads}"
+        "{params.intensity} --threads {threads}"
         " --device {resources.device} --max-minutes {resources.max_minutes}"
         " > {log:q} 2>&1"
 

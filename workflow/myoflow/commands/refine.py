@@ -68,6 +68,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         help="stop training after this long (then evaluate, save; 0: no limit)",
     )
+    parser.add_argument(
+        "--intensity-augmentation",
+        action="store_true",
+        help="change each patch's intensities the way other scanners do "
+        "(myoflow.segment.model.intensity)",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.set_defaults(func=run)
@@ -75,6 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare the refiner's samples, train it, evaluate the cascade, write it."""
+    from myoflow.segment.model.intensity import IntensitySettings
     from myoflow.segment.model.pair_selection import PairSelection
     from myoflow.segment.model.refine_run import run_refine
     from myoflow.segment.model.refine_train import RefineSettings
@@ -86,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
         "learning_rate": args.learning_rate,
         "seed": args.seed,
     }
-    settings = RefineSettings(**{k: v for k, v in given.items() if v is not None})
+    settings = RefineSettings(
+        **{k: v for k, v in given.items() if v is not None},
+        intensity=IntensitySettings(enabled=args.intensity_augmentation),
+    )
     card = run_refine(
         args.model,
         PairSelection(args.pairs, split=args.train_split, part="train"),

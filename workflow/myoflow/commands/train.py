@@ -69,6 +69,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--copies", type=int, default=7, help="random affine copies per sample per epoch (7)"
     )
     recipe.add_argument("--seed", type=int, default=0, help="seed of weights, split, order")
+    recipe.add_argument(
+        "--intensity-augmentation",
+        action="store_true",
+        help="also change the random copies' intensities the way other scanners do: "
+        "noise, blur, brightness, contrast, low resolution, gamma, bias field "
+        "(myoflow.segment.model.intensity)",
+    )
     split = parser.add_argument_group("held-out participants")
     split.add_argument("--val-fraction", type=float, default=0.2, help="share held out (0.2)")
     split.add_argument("--held-out", nargs="+", metavar="ID", help="hold out these ids")
@@ -173,6 +180,7 @@ def progress_printer(stream: TextIO = sys.stderr) -> Callable[[Progress], None]:
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate on the held-out participants and write the model."""
     from myoflow.segment.model.augment import AugmentSettings
+    from myoflow.segment.model.intensity import IntensitySettings
     from myoflow.segment.model.samples import read_pairs
     from myoflow.segment.model.train import TrainSettings
     from myoflow.segment.model.training_run import SplitSettings, run_training
@@ -185,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             learning_rate=args.lr,
             seed=args.seed,
             augment=AugmentSettings(copies=args.copies),
+            intensity=IntensitySettings(enabled=args.intensity_augmentation),
             checkpoint_minutes=args.checkpoint_minutes,
         )
     except ValueError as err:

@@ -314,6 +314,7 @@ def render_model_card(card: Mapping[str, Any]) -> str:
         f"{training.get('steps')} steps of batch {training.get('batch_size')}, "
         f"learning rate {training.get('learning_rate')}, seed {training.get('seed')}",
         f"- augmentation: {training.get('augment')}",
+        f"- intensity augmentation: {training.get('intensity_augmentation', 'none')}",
         f"- final epoch loss (soft Dice): {_number(training.get('final_loss'), 4)}",
         f"- wall time: {_number(training.get('wall_time_s', 0) / 3600, 2)} h on "
         f"{training.get('device')}",

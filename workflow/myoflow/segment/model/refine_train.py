@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from myoflow.segment.crop import SIDES, crop_participant
+from myoflow.segment.model.intensity import IntensitySettings, apply_intensity, random_intensity
 from myoflow.segment.model.losses import soft_dice_loss
 from myoflow.segment.model.predict import coarse_priors, model_labels
 from myoflow.segment.model.refine import Cascade, Refiner, build_refiner, refine_spec
@@ -60,6 +61,9 @@ class RefineSettings:
     learning_rate: float = 1e-3
     candidate_fraction: float = 0.8
     seed: int = 0
+    # Intensity augmentation of every patch's image (the coarse probabilities it refines
+    # come from the network and are left as they are).
+    intensity: IntensitySettings = field(default_factory=IntensitySettings)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
@@ -213,6 +217,12 @@ def train_refiner(
             draw_patch(samples[int(i)], settings.patch, rng, settings.candidate_fraction)
             for i in rng.integers(0, len(samples), settings.batch_size)
         ]
+        if settings.intensity.enabled:
+            batch = [
+                (apply_intensity(image, random_intensity(rng, settings.intensity, len(image)),
+                                 rng), coarse, target)
+                for image, coarse, target in batch
+            ]  # fmt: skip
         image, coarse, target = (
             torch.from_numpy(np.stack(part)).to(device) for part in zip(*batch, strict=True)
         )

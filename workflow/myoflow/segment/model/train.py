@@ -30,6 +30,7 @@ from torch import nn
 from myoflow.core.errors import MyoflowError
 from myoflow.core.io import write_bytes
 from myoflow.segment.model.augment import AugmentSettings, apply_affine, copy_transform
+from myoflow.segment.model.intensity import IntensitySettings, apply_intensity, random_intensity
 from myoflow.segment.model.losses import soft_dice_loss
 from myoflow.segment.model.samples import (
     Sample,
@@ -52,6 +53,8 @@ class TrainSettings:
     seed: int = 0
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     checkpoint_minutes: float = 10.0
+    # Intensity augmentation of the random copies (off: the recipe before it existed).
+    intensity: IntensitySettings = field(default_factory=IntensitySettings)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.learning_rate > 0:
@@ -59,12 +62,15 @@ class TrainSettings:
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with the run it continues."""
-        return {
+        out = {
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
             "seed": self.seed,
             "augment": self.augment.to_dict(),
         }
+        if self.intensity.enabled:  # absent when off: older checkpoints still resume
+            out["intensity"] = self.intensity.to_dict()
+        return out
 
 
 @dataclass
@@ -175,7 +181,11 @@ def make_batch(
         sample = samples[int(sample_index)]
         rng = np.random.default_rng([settings.seed, epoch, int(sample_index), int(copy)])
         params = copy_transform(int(copy), rng, settings.augment, spacing_mm)
-        images.append(apply_affine(sample.image, params))
+        image = apply_affine(sample.image, params)
+        if copy > 0 and settings.intensity.enabled:
+            looks = random_intensity(rng, settings.intensity, image.shape[0])
+            image = apply_intensity(image, looks, rng)
+        images.append(image)
         targets.append(apply_affine(sample.target, params))
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets))
 

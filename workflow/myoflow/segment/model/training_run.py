@@ -285,6 +285,7 @@ def training_record(
         "optimizer": "Adam",
         "seed": settings.seed,
         "augment": settings.augment.to_dict(),
+        "intensity_augmentation": settings.intensity.to_dict(),
         "loss": "soft Dice (V-Net form), mean over samples and labels",
         "epoch_losses": state.epoch_losses,
         "final_loss": state.epoch_losses[-1] if state.epoch_losses else None,
