@@ -144,7 +144,8 @@ def channel_kept_or_removed(files: ParticipantFiles, name: str) -> bool:
 
 def missing_removed(files: ParticipantFiles) -> list[str]:
     """Channels removed on purpose and not there now (those a restore must write)."""
-    return [name for name in removed_channels(files) if not files.channel(name).is_file()]
+    removed = removed_channels(files)
+    return [name for name in CHANNELS if name in removed and not files.channel(name).is_file()]
 
 
 def adopt_regenerated(files: ParticipantFiles, name: str) -> None:
