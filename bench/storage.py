@@ -6,7 +6,8 @@ Run: ``PYTHONPATH=workflow .venv/bin/python bench/storage.py [--dicom DIR] [--sc
 Without ``--dicom``, generates one full-size UK Biobank participant without artefacts
 (``myoflow synth --size full``). Then, in-process, runs the per-participant stages on it as
 the workflow does (conversion on the default UK Biobank grid, landmark detection, the
-shipped segmentation model on the CPU, measure with ``keep.stitched: all``), and:
+shipped segmentation model on the CPU, measure with ``keep.stitched: all``; the
+inventory first), and:
 
 - lists the bytes of every file of its folder;
 - for each ``keep.stitched`` value, removes the channels that value does not keep from a
@@ -36,6 +37,7 @@ import pandas as pd
 from myoflow.core.kept_channels import KEEP_STITCHED, folder_bytes
 from myoflow.core.participant_files import CHANNELS, ParticipantFiles
 from myoflow.ingest.convert import convert_shard
+from myoflow.ingest.inventory import inventory_shard
 from myoflow.ingest.regenerate import DicomChannelSource
 from myoflow.ingest.settings import IngestSettings
 from myoflow.landmarks.stage import landmarks_shard
@@ -59,12 +61,13 @@ def synthesise(out: Path) -> Path:
 
 
 def run_stages(dicom: Path, participants: Path) -> pd.DataFrame:
-    """Convert, find landmarks, segment and measure one participant; its measure table."""
+    """Inventory, convert, find landmarks, segment and measure one participant; its
+    measure table."""
     members = pd.DataFrame({"participant_id": ["P1"], "shard": ["b"], "dicom_path": [str(dicom)]})
-    ok = pd.DataFrame({"participant_id": ["P1"], "status": ["ok"], "reason": [""]})
     quiet = print
     settings = IngestSettings()
-    convert = convert_shard(members, participants, ok, settings, log=quiet)
+    inventory = inventory_shard(members, participants, log=quiet)
+    convert = convert_shard(members, participants, inventory, settings, log=quiet)
     landmarks = landmarks_shard(members, participants, convert, log=quiet, ingest=settings)
     segmenter = load_segmenter(MODEL, resolve_device("cpu"))
     segment = segment_shard(members, participants, landmarks, segmenter, log=quiet)
@@ -124,7 +127,7 @@ def main() -> int:
             excluded = kept_bytes(folder, scratch, keep, "excluded")
             print(
                 f"  keep.stitched {keep:9s} measured {ok / MB:6.2f} MB"
-                f" (100,000: {ok * 1e5 / 1e12:5.2f} TB); excluded after conversion"
+                f" (100,000: {ok * 1e5 / 1e12:5.2f} TB); excluded at a later stage"
                 f" {excluded / MB:6.2f} MB"
             )
         seconds = regeneration_seconds(folder, dicom, scratch, args.repeats)
