@@ -164,8 +164,8 @@ def adopt_regenerated(files: ParticipantFiles, name: str) -> None:
             NOT_REGENERABLE,
             f"dixon/{name}.nii.gz made again from the DICOM differs from the one removed "
             f"(sha256 {found[:12]} instead of {expected['sha256'][:12]}): the conversion gives "
-            "other bytes here (another numpy or nibabel?); delete dixon/acquisition.json to "
-            "convert it again and redo its later stages",
+            "other bytes here (another numpy, nibabel or zlib?); to convert it again, delete "
+            "dixon/acquisition.json and run with --forcerun convert_shard",
         )
     os.utime(path, ns=(expected["mtime_ns"], expected["mtime_ns"]))
 
