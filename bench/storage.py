@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import nibabel as nib
 import pandas as pd
 
 from myoflow.core.kept_channels import KEEP_STITCHED, folder_bytes
@@ -118,6 +119,8 @@ def main() -> int:
         status = run_stages(dicom, participants)
         print(f"measure: {status.iloc[0]['status']} {status.iloc[0]['reason']}")
         folder = participants / "P1"
+        grid = nib.load(folder / "seg" / "labels.nii.gz").shape
+        print(f"stitched grid: {' x '.join(map(str, grid))} voxels")
         print("\nbytes per file (keep.stitched: all, measured):")
         for path, size in folder_bytes(folder).items():
             print(f"  {path:32s} {size:>12,d}  {size / MB:7.2f} MB")
