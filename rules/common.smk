@@ -60,9 +60,17 @@ def ingest_json():
 
     A params value, so that changing a channel rule or the grid reruns the shards
     (rerun trigger `params`); participants are then redone because the settings'
-    digest in their acquisition.json no longer matches.
+    digest in their acquisition.json no longer matches. The stages that read the
+    stitched channels (landmarks, segmentation, measure) take it too, to make channels
+    removed after an earlier run (config keep.stitched) again as the conversion made
+    them; a change reruns their shards, which the conversion's new tables do anyway.
     """
     return json.dumps(config["ingest"], sort_keys=True, separators=(",", ":"))
+
+
+def keep_stitched():
+    """Config keep.stitched: the stitched channels a participant keeps once measured."""
+    return config.get("keep", {}).get("stitched", "none")
 
 
 def final_outputs():

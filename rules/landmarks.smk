@@ -38,8 +38,12 @@ rule landmarks_shard:
         # participants whose outcome it changes.
         min_confidence=config["landmarks"]["min_confidence"],
         supplied=lambda wildcards, input: supplied_landmarks_argument(input),
+        # To make stitched channels removed after an earlier run (config keep.stitched)
+        # again from the DICOM, as the conversion made them (rules/common.smk).
+        ingest=ingest_json(),
     shell:
         "myoflow landmarks --sheet {input.sheet:q} --shard {wildcards.shard}"
         " --shard-size {params.shard_size} --convert {input.convert:q}"
         " --min-confidence {params.min_confidence} {params.supplied}"
+        " --ingest {params.ingest:q}"
         " --participants-dir {params.participants_dir:q} --out {output.table:q} > {log:q} 2>&1"

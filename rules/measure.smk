@@ -9,9 +9,11 @@ rule measure_shard:
         landmarks=results("shards/{shard}/landmarks.tsv"),
         segment=results("shards/{shard}/segment.tsv"),
     # Declared: three shard tables, the status table written last. Per participant the
-    # job writes results/participants/{participant}/metrics.json, qc/overlay.png and
-    # qc/flags.json (or exclusion.json), and skips participants whose flags.json is newer
-    # than its inputs (redoing only the flags when the qc settings changed).
+    # job writes results/participants/{participant}/metrics.json, qc/overlay.png,
+    # qc/preview.nii.gz and qc/flags.json (or exclusion.json), and skips participants
+    # whose flags.json is newer than its inputs (redoing only the flags when the qc
+    # settings changed). Last reader of dixon/{water,fat,in,opp}.nii.gz, it then removes
+    # those config keep.stitched does not keep (docs/storage.md).
     output:
         table=results("shards/{shard}/measure.tsv"),
         metrics=results("shards/{shard}/metrics.tsv"),
@@ -35,9 +37,16 @@ rule measure_shard:
         # The qc section as JSON: changing a threshold reruns the shards (params trigger),
         # which redo only the flags.
         qc=json.dumps(config.get("qc", {}), sort_keys=True, separators=(",", ":")),
+        # The stitched channels each participant keeps once measured (config
+        # keep.stitched): a change reruns the shards, which remove what is no longer kept.
+        keep_stitched=keep_stitched(),
+        # To make removed channels again from the DICOM when a participant is measured
+        # again (rules/common.smk).
+        ingest=ingest_json(),
     shell:
         "myoflow measure --sheet {input.sheet:q} --shard {wildcards.shard}"
         " --shard-size {params.shard_size} --landmarks {input.landmarks:q}"
         " --segment {input.segment:q} --qc {params.qc:q}"
         " --participants-dir {params.participants_dir:q} --metrics-table {output.metrics:q}"
-        " --qc-table {output.qc:q} --out {output.table:q} > {log:q} 2>&1"
+        " --qc-table {output.qc:q} --keep-stitched {params.keep_stitched}"
+        " --ingest {params.ingest:q} --out {output.table:q} > {log:q} 2>&1"

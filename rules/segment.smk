@@ -44,9 +44,13 @@ rule segment_shard:
         # Not passed on: new weights rerun every shard even when their files are older
         # than the masks (rules/common.smk).
         model=model_identity(),
+        # To make stitched channels removed after an earlier run (config keep.stitched)
+        # again from the DICOM, as the conversion made them (rules/common.smk).
+        ingest=ingest_json(),
     shell:
         "myoflow segment --sheet {input.sheet:q} --shard {wildcards.shard}"
         " --shard-size {params.shard_size} --landmarks {input.landmarks:q}"
         " --model-card {input.card:q} --device {params.device}"
         " --batch-size {params.batch_size} --threads {threads}"
+        " --ingest {params.ingest:q}"
         " --participants-dir {params.participants_dir:q} --out {output.table:q} > {log:q} 2>&1"

@@ -70,6 +70,21 @@ def add_shard_arguments(parser: argparse.ArgumentParser, table: str) -> None:
     )
 
 
+def add_ingest_argument(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """Add ``--ingest``: the config's ingest section as JSON; ``purpose`` says what for."""
+    # Loaded here, not at import: the ingest settings import the series rules.
+    from myoflow.ingest.settings import IngestSettings, SettingsError
+
+    parser.add_argument(
+        "--ingest",
+        type=json_section(IngestSettings.from_config, (SettingsError, ValueError)),
+        default=IngestSettings(),
+        metavar="JSON",
+        help=f"the config's ingest section as JSON (channel rules, protocols, grid), {purpose}; "
+        "default: the shipped UK Biobank and NAKO rules and the UK Biobank grid",
+    )
+
+
 def shard_members_of(args: argparse.Namespace) -> pd.DataFrame:
     """The shard's rows of the validated sheet, with ``dicom_path`` resolved.
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from myoflow.commands import add_shard_arguments, json_section, shard_members_of
+from myoflow.commands import add_ingest_argument, add_shard_arguments, shard_members_of
 from myoflow.core.io import read_tsv, write_tsv
 from myoflow.ingest.convert import convert_shard
-from myoflow.ingest.settings import IngestSettings, SettingsError
 
 HELP = "convert and stitch the Dixon DICOM of every participant of one shard"
 
@@ -34,14 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="the shard's inventory table, e.g. results/shards/r1-0000/inventory.tsv",
     )
-    parser.add_argument(
-        "--ingest",
-        type=json_section(IngestSettings.from_config, (SettingsError, ValueError)),
-        default=IngestSettings(),
-        metavar="JSON",
-        help="the config's ingest section as JSON (channel rules, protocols, grid); "
-        "default: the shipped UK Biobank and NAKO rules and the UK Biobank grid",
-    )
+    add_ingest_argument(parser, "for the conversion")
     parser.set_defaults(func=run)
 
 

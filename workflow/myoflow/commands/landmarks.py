@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from myoflow.commands import add_shard_arguments, shard_members_of
+from myoflow.commands import add_ingest_argument, add_shard_arguments, shard_members_of
 from myoflow.core.io import read_tsv, write_tsv
 from myoflow.core.sheet import load_sheet
 from myoflow.landmarks.stage import landmarks_shard
@@ -50,6 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="detected landmarks less confident than this (0-1) exclude the participant "
         "as landmarks_low_confidence (config landmarks.min_confidence; default 0)",
     )
+    add_ingest_argument(
+        parser,
+        "to make stitched channels removed after an earlier run (config "
+        "keep.stitched) again from the DICOM, as the conversion made them",
+    )
     parser.set_defaults(func=run)
 
 
@@ -66,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         log=lambda line: print(line, flush=True),
         supplied=supplied,
         min_confidence=args.min_confidence,
+        ingest=args.ingest,
     )
     write_tsv(args.out, table)
     excluded = int((table["status"] == "excluded").sum())

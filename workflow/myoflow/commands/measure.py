@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from myoflow.commands import add_shard_arguments, json_section, shard_members_of
+from myoflow.commands import (
+    add_ingest_argument,
+    add_shard_arguments,
+    json_section,
+    shard_members_of,
+)
 from myoflow.core.io import read_tsv
+from myoflow.core.kept_channels import KEEP_STITCHED
 from myoflow.measure.qc import QcError, QcSettings
 from myoflow.measure.stage import measure_shard, write_tables
 
@@ -24,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "landmarks or segmentation table does not list as ok are passed on as "
             "excluded. Reads PARTICIPANTS_DIR/{participant}/seg/labels.nii.gz, "
             "seg/segmentation.json, landmarks.json and dixon/; writes metrics.json, "
-            "qc/overlay.png and qc/flags.json (or exclusion.json); then the metrics table, "
+            "qc/overlay.png, qc/preview.nii.gz and qc/flags.json (or exclusion.json); removes "
+            "the stitched channels --keep-stitched does not keep; then the metrics table, "
             "the QC table and, last, the shard table OUT."
         ),
     )
@@ -61,6 +68,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the config's qc section as JSON (thresholds, severities, keep_warnings); "
         "default: the shipped settings",
     )
+    parser.add_argument(
+        "--keep-stitched",
+        choices=list(KEEP_STITCHED),
+        default="all",
+        help="stitched channels each participant keeps once measured (config keep.stitched): "
+        "none, water_fat or all; an excluded participant also keeps water and fat "
+        "(default: all, nothing removed)",
+    )
+    add_ingest_argument(
+        parser,
+        "to make stitched channels removed after an earlier run (config "
+        "keep.stitched) again from the DICOM, as the conversion made them",
+    )
     parser.set_defaults(func=run)
 
 
@@ -73,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         read_tsv(args.segment),
         args.qc,
         log=lambda line: print(line, flush=True),
+        ingest=args.ingest,
+        keep_stitched=args.keep_stitched,
     )
     write_tables(tables, args.out, args.metrics_table, args.qc_table)
     status = tables.status["status"]

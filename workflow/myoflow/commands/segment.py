@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from myoflow.commands import add_shard_arguments, shard_members_of
+from myoflow.commands import add_ingest_argument, add_shard_arguments, shard_members_of
 from myoflow.core.errors import MyoflowError
 from myoflow.core.io import read_tsv, write_tsv
 
@@ -60,6 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads", type=_positive, default=None, help="CPU threads for torch (default: torch's)"
     )
+    add_ingest_argument(
+        parser,
+        "to make stitched channels removed after an earlier run (config "
+        "keep.stitched) again from the DICOM, as the conversion made them",
+    )
     parser.set_defaults(func=run)
 
 
@@ -98,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         segmenter,
         args.batch_size,
         log=lambda line: print(line, flush=True),
+        ingest=args.ingest,
     )
     write_tsv(args.out, table)
     excluded = int((table["status"] == "excluded").sum())

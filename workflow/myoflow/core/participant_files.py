@@ -1,16 +1,24 @@
 """One participant's folder under ``results/participants/``: where each stage's files are,
 and reading the stitched Dixon channels that every stage after the conversion starts from.
 
+Stitched channels may be absent on purpose: after the measure stage, a participant keeps
+only those config ``keep.stitched`` names (:mod:`myoflow.core.kept_channels`); a stage that
+reads them again gets them made again from the DICOM by the ``source`` of its
+:class:`ParticipantFiles` (:mod:`myoflow.ingest.regenerate`).
+
 The layout is written down once, here, so that a stage reading another stage's output
 cannot disagree with it about a file name::
 
     {participant}/dixon/{water,fat,in,opp}.nii.gz   conversion (stitched channels)
     {participant}/dixon/acquisition.json            conversion (its completion marker)
+    {participant}/dixon/removed.json                measure (channels removed on purpose,
+                                                    config keep.stitched; core.kept_channels)
     {participant}/landmarks.json                    landmarks
     {participant}/seg/labels.nii.gz                 segmentation
     {participant}/seg/segmentation.json             segmentation (its completion marker)
     {participant}/metrics.json                      measure
     {participant}/qc/flags.json, qc/overlay.png     measure
+    {participant}/qc/preview.nii.gz                 measure (water and fat, downsampled)
     {participant}/exclusion.json                    the earliest stage that excluded it
 """
 
@@ -18,20 +26,38 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from myoflow.core.errors import ParticipantExcluded
 from myoflow.core.grid import lps_axes
 
+CHANNELS = ("water", "fat", "in", "opp")
+"""The stitched Dixon channels, in the conversion's order."""
+
+
+class ChannelSource(Protocol):
+    """What can write a participant's stitched channels again after they were removed on
+    purpose (:class:`myoflow.ingest.regenerate.DicomChannelSource`)."""
+
+    def restore(self, files: ParticipantFiles, names: Sequence[str]) -> None:
+        """Write again those of ``names`` that were removed on purpose, as they were.
+
+        Raises:
+            ParticipantExcluded: they cannot be made again as they were.
+        """
+
 
 @dataclass(frozen=True)
 class ParticipantFiles:
-    """The paths of one participant's files; ``root`` is its folder."""
+    """The paths of one participant's files; ``root`` is its folder, ``source`` what
+    restores channels removed on purpose (None: they stay missing)."""
 
     root: Path
+    source: ChannelSource | None = field(default=None, compare=False, repr=False)
 
     def channel(self, name: str) -> Path:
         return self.root / "dixon" / f"{name}.nii.gz"
@@ -39,6 +65,10 @@ class ParticipantFiles:
     @property
     def acquisition(self) -> Path:
         return self.root / "dixon" / "acquisition.json"
+
+    @property
+    def removed(self) -> Path:
+        return self.root / "dixon" / "removed.json"
 
     @property
     def landmarks(self) -> Path:
@@ -65,6 +95,10 @@ class ParticipantFiles:
         return self.root / "qc" / "overlay.png"
 
     @property
+    def preview(self) -> Path:
+        return self.root / "qc" / "preview.nii.gz"
+
+    @property
     def exclusion(self) -> Path:
         return self.root / "exclusion.json"
 
@@ -79,9 +113,13 @@ def read_channels(
         names: channels to read (``water``, ``fat``, ``in``, ``opp``), at least one.
         reason: the exclusion reason code of the calling stage, for the error below.
 
+    Channels removed on purpose after an earlier run are first made again by
+    ``files.source`` (if any).
+
     Raises:
         ValueError: ``names`` is empty.
-        ParticipantExcluded: ``reason``, when a channel is missing, damaged or not 3-D,
+        ParticipantExcluded: ``dixon_not_regenerable`` from ``files.source``; ``reason``,
+            when a channel is missing, damaged or not 3-D,
             the channels are not on one grid, or the grid is not in the package's array
             convention (:func:`myoflow.core.grid.lps_axes`).
     """
@@ -91,6 +129,8 @@ def read_channels(
 
     if not names:
         raise ValueError("no channel to read")
+    if files.source is not None:  # channels removed after an earlier run (keep.stitched)
+        files.source.restore(files, names)
     channels: dict[str, np.ndarray] = {}
     affines: dict[str, np.ndarray] = {}
     for name in names:

@@ -19,7 +19,8 @@ For every participant of a shard that passed the inventory:
 A participant whose DICOM cannot give a correct stitched image gets
 ``{participant}/exclusion.json`` with a reason from :data:`EXCLUSION_REASONS` instead;
 one excluded at the inventory is not converted and keeps its record. ``acquisition.json``
-marks the participant complete: a rerun skips a participant whose marker is newer than
+marks the participant complete (its channels may since have been removed on purpose,
+config ``keep.stitched``): a rerun skips a participant whose marker is newer than
 its DICOM folder or zip and was written by the same :data:`CONVERT_VERSION`, pydicom
 version and ingest settings. Bump :data:`CONVERT_VERSION` whenever outputs change.
 
@@ -41,6 +42,7 @@ import pandas as pd
 import pydicom
 
 from myoflow.core.io import write_json
+from myoflow.core.kept_channels import channel_kept_or_removed
 from myoflow.core.participant_files import ParticipantFiles
 from myoflow.core.shard_runner import (
     INTERNAL_ERROR,
@@ -104,6 +106,7 @@ class ConvertFiles(ParticipantFiles):
     def remove_outputs(self) -> None:
         """Remove the conversion outputs, the completion marker first."""
         self.acquisition.unlink(missing_ok=True)
+        self.removed.unlink(missing_ok=True)
         for name in CHANNELS:
             self.channel(name).unlink(missing_ok=True)
 
@@ -164,6 +167,7 @@ class ConvertStage:
         files, dicom_path = ConvertFiles(folder), Path(member.dicom_path)
         prepared = prepare_participant(dicom_path, self.settings)
         files.acquisition.unlink(missing_ok=True)  # incomplete until every channel is written
+        files.removed.unlink(missing_ok=True)  # it described the channels of the last conversion
         for channel in CHANNELS:
             Volume(prepared.stitched(channel), prepared.grid.affine_lps()).to_nifti(
                 files.channel(channel), dtype=STORAGE_DTYPE
@@ -188,9 +192,10 @@ def _record(acquisition: dict) -> dict:
 def complete_record(files: ConvertFiles, dicom_path: Path, settings: IngestSettings) -> dict | None:
     """Return a participant's shard-table record if its outputs are still valid, else None.
 
-    Valid means: every channel and ``acquisition.json`` exist, the latter is newer than
-    the DICOM folder or zip and was written from the same path by the same
-    CONVERT_VERSION, pydicom version and ingest settings.
+    Valid means: ``acquisition.json`` exists, is newer than the DICOM folder or zip and
+    was written from the same path by the same CONVERT_VERSION, pydicom version and ingest
+    settings, and every channel exists or was removed on purpose after this conversion
+    (config ``keep.stitched``, :mod:`myoflow.core.kept_channels`).
     """
     try:
         acquisition = json.loads(files.acquisition.read_text())
@@ -198,6 +203,6 @@ def complete_record(files: ConvertFiles, dicom_path: Path, settings: IngestSetti
     except (OSError, ValueError):
         return None
     current = acquisition.get("provenance") == provenance(dicom_path, settings)
-    if not (newer and current and all(files.channel(c).is_file() for c in CHANNELS)):
+    if not (newer and current and all(channel_kept_or_removed(files, c) for c in CHANNELS)):
         return None
     return _record(acquisition)

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from myoflow.core.errors import MyoflowError, ParticipantExcluded
+from myoflow.core.kept_channels import NOT_REGENERABLE, NOT_REGENERABLE_MEANING, channel_mtime_ns
 from myoflow.core.participant_files import ParticipantFiles
 from myoflow.core.participant_files import read_channels as read_participant_channels
 from myoflow.core.shard_runner import (
@@ -43,6 +44,8 @@ from myoflow.core.shard_runner import (
     Upstream,
     run_shard,
 )
+from myoflow.ingest.regenerate import channel_source
+from myoflow.ingest.settings import IngestSettings
 from myoflow.landmarks.hip_detection import detect_hips
 from myoflow.landmarks.record import EXCLUSION_REASONS as LANDMARK_REASONS
 from myoflow.landmarks.record import (
@@ -59,6 +62,7 @@ EXCLUSION_REASONS = {
     **LANDMARK_REASONS,
     "dixon_unreadable": "a stitched Dixon channel cannot be read, is not on an axis-aligned "
     "grid, or the channels disagree on the grid",
+    NOT_REGENERABLE: NOT_REGENERABLE_MEANING,
     INTERNAL_ERROR: INTERNAL_ERROR_MEANING,
 }
 """Why the landmarks stage leaves a participant out: reason code -> what it means."""
@@ -93,16 +97,22 @@ class LandmarksStage:
     Args:
         supplied: landmarks by participant that replace detection (``source="supplied"``).
         min_confidence: detected landmarks less confident than this exclude the participant.
+        ingest: the conversion's settings, to make channels removed after an earlier run
+            again from the DICOM (None: they stay missing; :mod:`myoflow.ingest.regenerate`).
     """
 
     name = STAGE
     columns = SHARD_COLUMNS
 
     def __init__(
-        self, supplied: dict[str, HipLandmarks] | None = None, min_confidence: float = 0.0
+        self,
+        supplied: dict[str, HipLandmarks] | None = None,
+        min_confidence: float = 0.0,
+        ingest: IngestSettings | None = None,
     ) -> None:
         self.supplied = supplied or {}
         self.min_confidence = min_confidence
+        self.ingest = ingest
 
     def current(self, member: Any, folder: Path) -> Outcome | None:
         files = ParticipantFiles(folder)
@@ -126,7 +136,7 @@ class LandmarksStage:
         return Outcome(_found(hips), "current, skipped")
 
     def run(self, member: Any, folder: Path) -> Outcome:
-        files = ParticipantFiles(folder)
+        files = ParticipantFiles(folder, channel_source(member, self.ingest))
         files.landmarks.unlink(missing_ok=True)
         given = self.supplied.get(member.participant_id)
         if given is not None:
@@ -158,6 +168,7 @@ def landmarks_shard(
     log: Callable[[str], None] = print,
     supplied: dict[str, HipLandmarks] | None = None,
     min_confidence: float = 0.0,
+    ingest: IngestSettings | None = None,
 ) -> pd.DataFrame:
     """Find the hips of every participant of a shard; return the shard table.
 
@@ -170,6 +181,8 @@ def landmarks_shard(
         supplied: landmarks that replace detection, by participant
             (:func:`myoflow.landmarks.supplied.read_supplied_landmarks`).
         min_confidence: detected landmarks below this confidence exclude the participant.
+        ingest: the conversion's settings, to make removed channels again (members then
+            need ``dicom_path``); None: removed channels stay missing.
 
     A participant that cannot be measured gets ``exclusion.json``; it never stops the
     others (:func:`myoflow.core.shard_runner.run_shard`).
@@ -178,15 +191,16 @@ def landmarks_shard(
         MyoflowError: the conversion table lacks a member (convert the shard first).
     """
     upstream = [Upstream(convert_table, "conversion")]
-    stage = LandmarksStage(supplied, min_confidence)
+    stage = LandmarksStage(supplied, min_confidence, ingest)
     return run_shard(stage, members, participants_dir, upstream, log=log).status
 
 
 def current_landmarks(files: ParticipantFiles) -> HipLandmarks | None:
-    """The participant's landmarks if ``landmarks.json`` is newer than water and fat."""
+    """The participant's landmarks if ``landmarks.json`` is newer than water and fat (the
+    times their files had when removed, for channels removed on purpose)."""
     try:
         written = files.landmarks.stat().st_mtime_ns
-        inputs = max(files.channel(c).stat().st_mtime_ns for c in ("water", "fat"))
+        inputs = max(channel_mtime_ns(files, c) for c in ("water", "fat"))
     except OSError:
         return None
     if written <= inputs:

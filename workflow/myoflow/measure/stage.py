@@ -13,7 +13,8 @@ from ``{participants_dir}/{participant}/``:
   so ``imi_ml_m2`` is empty until the cohort gather joins the phenotypes), fat-water
   swap decisions per station (:func:`myoflow.measure.swaps.detect_swaps`) and QC flags
   (:func:`myoflow.measure.qc.participant_flags`);
-- writes ``metrics.json``, ``qc/overlay.png`` and, last, ``qc/flags.json``, which marks the
+- writes ``metrics.json``, ``qc/overlay.png``, ``qc/preview.nii.gz``
+  (:mod:`myoflow.measure.preview`) and, last, ``qc/flags.json``, which marks the
   participant complete and records what produced it (:func:`provenance`).
 
 A participant whose inputs cannot be read gets ``exclusion.json`` with stage ``metrics``
@@ -24,6 +25,11 @@ Reruns: ``qc/flags.json`` newer than every input and written by this ``MEASURE_V
 means the measurement is current; if the QC settings changed since, only the flags are
 redone (from ``metrics.json`` and the stored swap decisions, in milliseconds instead of
 seconds), else the participant is skipped.
+
+Then, as the last stage that reads the stitched channels, it removes those each
+participant no longer needs (config ``keep.stitched``, :func:`remove_unkept_channels`); a
+later run that needs them again makes them again from the DICOM
+(:mod:`myoflow.ingest.regenerate`).
 
 Three shard tables come back (:class:`ShardTables`), with the same columns in every shard
 whatever its participants, for the cohort gather to concatenate: the status table
@@ -51,6 +57,13 @@ import pandas as pd
 
 from myoflow.core.errors import MyoflowError, ParticipantExcluded
 from myoflow.core.io import read_labels, write_json, write_tsv
+from myoflow.core.kept_channels import (
+    NOT_REGENERABLE,
+    NOT_REGENERABLE_MEANING,
+    channel_mtime_ns,
+    kept_channels,
+    remove_channels,
+)
 from myoflow.core.label_grid import MetricsError, Value
 from myoflow.core.participant_files import ParticipantFiles, read_channels
 from myoflow.core.shard_runner import (
@@ -62,9 +75,12 @@ from myoflow.core.shard_runner import (
     Upstream,
     run_shard,
 )
+from myoflow.ingest.regenerate import channel_source
+from myoflow.ingest.settings import IngestSettings
 from myoflow.landmarks.record import read_landmarks
 from myoflow.measure.metrics import metric_keys, participant_metrics
 from myoflow.measure.overlay import participant_overlay
+from myoflow.measure.preview import write_preview
 from myoflow.measure.qc import QcError, QcSettings, participant_flags, qc_status, write_flags
 from myoflow.measure.swaps import SwapDecision, SwapError, detect_swaps, station_slices
 
@@ -81,6 +97,7 @@ EXCLUSION_REASONS = {
     "segmentation_unreadable": "seg/labels.nii.gz or seg/segmentation.json cannot be read, "
     "or the labels are not on the grid of the Dixon channels",
     "landmarks_unreadable": "landmarks.json cannot be read",
+    NOT_REGENERABLE: NOT_REGENERABLE_MEANING,
     INTERNAL_ERROR: INTERNAL_ERROR_MEANING,
 }
 """Why the measure stage leaves a participant out: reason code -> what it means."""
@@ -103,15 +120,21 @@ def metrics_columns() -> list[str]:
 class MeasureFiles(ParticipantFiles):
     """One participant's folder: what the stage reads and what it writes."""
 
-    def inputs(self) -> list[Path]:
-        """Every file the measurement reads (``seg/segmentation.json`` if there)."""
-        paths = [self.channel(c) for c in CHANNELS]
-        paths += [self.acquisition, self.landmarks, self.labels]
-        return paths + ([self.segmentation] if self.segmentation.exists() else [])
+    def input_mtimes_ns(self) -> list[int]:
+        """Modification times of every file the measurement reads (``seg/segmentation.json``
+        if there; a channel removed on purpose counts with the time its file had).
+
+        Raises:
+            OSError: an input is missing.
+        """
+        paths = [self.acquisition, self.landmarks, self.labels]
+        paths += [self.segmentation] if self.segmentation.exists() else []
+        channels = [channel_mtime_ns(self, c) for c in CHANNELS]
+        return channels + [path.stat().st_mtime_ns for path in paths]
 
     def remove_outputs(self) -> None:
         """Remove the stage's outputs, the completion marker (``qc/flags.json``) first."""
-        for path in (self.flags, self.metrics, self.overlay):
+        for path in (self.flags, self.metrics, self.overlay, self.preview):
             path.unlink(missing_ok=True)
 
 
@@ -141,6 +164,8 @@ def measure_shard(
     segment_table: pd.DataFrame,
     settings: QcSettings,
     log: Callable[[str], None] = print,
+    ingest: IngestSettings | None = None,
+    keep_stitched: str = "all",
 ) -> ShardTables:
     """Measure every participant of a shard; return the three shard tables.
 
@@ -152,6 +177,11 @@ def measure_shard(
         segment_table: the shard's segmentation table (same status columns).
         settings: QC thresholds, severities and whether warnings pass.
         log: receives one line per participant, naming it and the outcome.
+        ingest: the conversion's settings, to make channels removed after an earlier run
+            again from the DICOM (members then need ``dicom_path``); None: they stay
+            missing (:mod:`myoflow.ingest.regenerate`).
+        keep_stitched: config ``keep.stitched``: which stitched channels every member keeps
+            once measured (:func:`remove_unkept_channels`); ``all`` removes none.
 
     A participant that cannot be measured gets ``exclusion.json``; it never stops the
     others (:func:`myoflow.core.shard_runner.run_shard`).
@@ -161,14 +191,48 @@ def measure_shard(
     """
     upstream = [Upstream(landmarks_table, "landmarks"), Upstream(segment_table, "segmentation")]
     run = run_shard(
-        MeasureStage(settings),
+        MeasureStage(settings, ingest),
         members,
         participants_dir,
         upstream,
         side_columns={"metrics": metrics_columns(), "qc": QC_COLUMNS},
         log=log,
     )
+    remove_unkept_channels(run.status, participants_dir, keep_stitched, log)
     return ShardTables(status=run.status, metrics=run.side["metrics"], qc=run.side["qc"])
+
+
+def remove_unkept_channels(
+    status: pd.DataFrame,
+    participants_dir: str | os.PathLike[str],
+    keep_stitched: str,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Remove the stitched channels each member of the shard no longer needs.
+
+    The measure stage is the last that reads them, so once its outputs are written a
+    measured participant keeps only the channels config ``keep.stitched`` names; one
+    excluded at any stage also keeps water and fat, to look at
+    (:func:`myoflow.core.kept_channels.kept_channels`). A participant whose channels cannot be
+    removed (a file system error) keeps them, with a line in the log; it never stops the
+    shard.
+
+    Raises:
+        ValueError: ``keep_stitched`` is not a value of config ``keep.stitched``.
+    """
+    kept = {excluded: kept_channels(keep_stitched, excluded) for excluded in (False, True)}
+    for pid, outcome in zip(status["participant_id"], status["status"], strict=True):
+        files = ParticipantFiles(Path(participants_dir) / str(pid))
+        try:
+            removed = remove_channels(files, kept[outcome != "ok"])
+        except OSError as err:
+            log(f"{pid}: stitched channels not removed ({err}); they are kept")
+            continue
+        if removed:
+            log(
+                f"{pid}: removed dixon/{{{','.join(removed)}}}.nii.gz"
+                f" (keep.stitched {keep_stitched})"
+            )
 
 
 @dataclass(frozen=True)
@@ -176,6 +240,7 @@ class MeasureStage:
     """The measure stage's work for the shard runner (:mod:`myoflow.core.shard_runner`)."""
 
     settings: QcSettings
+    ingest: IngestSettings | None = None
     name = STAGE
     columns = SHARD_COLUMNS
 
@@ -196,9 +261,8 @@ class MeasureStage:
         return self._outcome(member, record, flags, "flags redone")
 
     def run(self, member: Any, folder: Path) -> Outcome:
-        record, flags = measure_participant(
-            MeasureFiles(folder), member.participant_id, self.settings
-        )
+        files = MeasureFiles(folder, channel_source(member, self.ingest))
+        record, flags = measure_participant(files, member.participant_id, self.settings)
         return self._outcome(member, record, flags, "measured")
 
     def remove_outputs(self, folder: Path) -> None:
@@ -250,6 +314,7 @@ def measure_participant(
         raise ParticipantExcluded("segmentation_unreadable", str(err)) from err
     write_json(files.metrics, dict(record))
     participant_overlay(files.overlay, channels["water"], labels, affine, participant_id, record)
+    write_preview(files.preview, channels["water"], channels["fat"], affine)
     write_flags(files.flags, flags, swaps, settings.keep_warnings, provenance(settings))
     return record, flags
 
@@ -273,12 +338,12 @@ def current_measurement(
     """A participant's stored record, swap decisions and provenance, if current.
 
     Current means: ``qc/flags.json`` is newer than every input and was written by this
-    ``MEASURE_VERSION``, and ``metrics.json`` and the overlay exist (the QC settings
+    ``MEASURE_VERSION``, and ``metrics.json``, the overlay and the preview exist (the QC settings
     may differ: the caller compares the provenance).
     """
     try:
         written = files.flags.stat().st_mtime_ns
-        newest_input = max(path.stat().st_mtime_ns for path in files.inputs())
+        newest_input = max(files.input_mtimes_ns())
         stored = json.loads(files.flags.read_text())
         record = json.loads(files.metrics.read_text())
         files.landmarks.stat()
@@ -289,6 +354,7 @@ def current_measurement(
         written <= newest_input
         or stored_provenance.get("measure_version") != MEASURE_VERSION
         or not files.overlay.is_file()
+        or not files.preview.is_file()
         or set(record) != set(metric_keys())
     ):
         return None

@@ -37,6 +37,7 @@ from torch import nn
 
 from myoflow.core.errors import MyoflowError, ParticipantExcluded
 from myoflow.core.io import save_nifti, write_json
+from myoflow.core.kept_channels import NOT_REGENERABLE, NOT_REGENERABLE_MEANING, channel_mtime_ns
 from myoflow.core.labels import LABELS
 from myoflow.core.participant_files import ParticipantFiles
 from myoflow.core.participant_files import read_channels as read_participant_channels
@@ -49,6 +50,8 @@ from myoflow.core.shard_runner import (
     Upstream,
     run_shard,
 )
+from myoflow.ingest.regenerate import channel_source
+from myoflow.ingest.settings import IngestSettings
 from myoflow.landmarks.record import read_landmarks
 from myoflow.segment.model import predict
 from myoflow.segment.model.card import load_model
@@ -65,6 +68,7 @@ DEVICES = ("auto", "cpu", "cuda")
 EXCLUSION_REASONS = {
     "inputs_unreadable": "landmarks.json or a Dixon channel the model needs is missing, "
     "unreadable or not on the grid of the others",
+    NOT_REGENERABLE: NOT_REGENERABLE_MEANING,
     **predict.EXCLUSION_REASONS,
     "no_muscle_found": "the model labelled no voxel as any muscle",
     INTERNAL_ERROR: INTERNAL_ERROR_MEANING,
@@ -142,8 +146,15 @@ def load_segmenter(model_dir: str | os.PathLike[str], device: torch.device) -> S
 class SegmentFiles(ParticipantFiles):
     """Where the segmentation reads and writes one participant's files."""
 
-    def inputs(self, channels: Sequence[str]) -> list[Path]:
-        return [self.landmarks, *(self.channel(name) for name in channels)]
+    def input_mtimes_ns(self, channels: Sequence[str]) -> list[int]:
+        """Modification times of ``landmarks.json`` and the channels read (for a channel
+        removed on purpose, the time its file had: :func:`channel_mtime_ns`).
+
+        Raises:
+            OSError: an input is missing.
+        """
+        landmarks = self.landmarks.stat().st_mtime_ns
+        return [landmarks, *(channel_mtime_ns(self, name) for name in channels)]
 
     def remove_outputs(self) -> None:
         """Remove the segmentation outputs, the completion marker first."""
@@ -188,14 +199,15 @@ def complete_record(files: SegmentFiles, segmenter: Segmenter) -> dict[str, Any]
     """A participant's shard-table record if its outputs are current, else None.
 
     Current means: ``labels.nii.gz`` exists and ``segmentation.json`` is newer than
-    ``landmarks.json`` and the channels read, and was written with the same weights,
+    ``landmarks.json`` and the channels read (channels removed on purpose count with the
+    time their files had), and was written with the same weights,
     model config and :data:`SEGMENT_VERSION`.
     """
     channels = model_channels(segmenter.config)
     try:
         written = json.loads(files.segmentation.read_text())
         marker = files.segmentation.stat().st_mtime_ns
-        newer = all(marker > path.stat().st_mtime_ns for path in files.inputs(channels))
+        newer = all(marker > mtime for mtime in files.input_mtimes_ns(channels))
     except (OSError, ValueError):
         return None
     if not (newer and files.labels.is_file()) or written.get("provenance") != json.loads(
@@ -270,6 +282,7 @@ def segment_shard(
     segmenter: Segmenter,
     batch_size: int = 2,
     log: Callable[[str], None] = print,
+    ingest: IngestSettings | None = None,
 ) -> pd.DataFrame:
     """Segment every participant of a shard; return the shard table (SHARD_COLUMNS).
 
@@ -281,6 +294,9 @@ def segment_shard(
         segmenter: the loaded model (:func:`load_segmenter`).
         batch_size: crops per forward pass.
         log: receives one line per participant, naming it and the outcome.
+        ingest: the conversion's settings, to make channels removed after an earlier run
+            again from the DICOM (members then need ``dicom_path``); None: they stay
+            missing (:mod:`myoflow.ingest.regenerate`).
 
     A participant excluded at an earlier stage is not segmented (its record stays, stale
     segmentation outputs are removed); one that cannot be segmented gets
@@ -290,7 +306,7 @@ def segment_shard(
     Raises:
         MyoflowError: the landmarks table lacks a member (run the landmarks stage first).
     """
-    stage = SegmentStage(segmenter, batch_size)
+    stage = SegmentStage(segmenter, batch_size, ingest)
     return run_shard(
         stage, members, participants_dir, [Upstream(landmarks, "landmarks")], log=log
     ).status
@@ -302,6 +318,7 @@ class SegmentStage:
 
     segmenter: Segmenter
     batch_size: int
+    ingest: IngestSettings | None = None
     name = STAGE
     columns = SHARD_COLUMNS
 
@@ -310,7 +327,7 @@ class SegmentStage:
         return None if record is None else Outcome(record, "complete, skipped")
 
     def run(self, member: Any, folder: Path) -> Outcome:
-        files = SegmentFiles(folder)
+        files = SegmentFiles(folder, channel_source(member, self.ingest))
         record = segment_one(files, member.participant_id, self.segmenter, self.batch_size)
         return Outcome(record, f"ok, {record['n_labels']} labels")
 
