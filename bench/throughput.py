@@ -1,5 +1,7 @@
-"""Benchmark throughput: the whole workflow in shards vs one job each, or the CPU seconds
-of each stage on full-size participants.
+"""Benchmark throughput: shards against one job each, or each stage's CPU s at full size.
+
+The whole workflow in participant shards against one job per participant, or the CPU
+seconds of each stage on full-size participants.
 
 Run: ``.venv/bin/python bench/throughput.py [--participants 50] [--shard-size 25]
 [--cores 2]``, or ``.venv/bin/python bench/throughput.py --size full [--participants 2]
