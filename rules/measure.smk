@@ -26,8 +26,9 @@ rule measure_shard:
         "../envs/myoflow.yaml"
     threads: 1
     resources:
-        # Measured on one full-size UK Biobank participant: peak 0.44 GB, 7.6 s of CPU
-        # (5 s reading five gzipped NIfTI volumes; metrics, swaps, flags, overlay ~1.2 s).
+        # Measured on one full-size UK Biobank participant: peak 0.44 GB. CPU: ~2 s per
+        # participant in a shard (bench/throughput.py --size full; reading four channels
+        # and the labels ~0.6 s of it), and ~2.5 s per job to start Python and import.
         mem_mb=2000,
         # Minutes: ~3 for 25 full-size participants.
         runtime=20,

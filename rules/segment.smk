@@ -30,9 +30,10 @@ rule segment_shard:
         # Measured (bench/inference.py, full-size UK Biobank, width-0.5 model): peak 1.5 GB
         # for a process that also held the bench's data; participants go one at a time.
         mem_mb=3000,
-        # Minutes: ~7 CPU seconds per full-size participant (20 s of wall time on 2 CPUs
-        # shared with other work), so ~10 minutes for 25 at worst; a GPU takes the
-        # network's share (about half) to almost nothing.
+        # Minutes: 12-15 CPU seconds per full-size participant with the shipped cascade
+        # (bench/throughput.py --size full; the network's forward passes 8 of them on one
+        # thread, 11-12 on two), so ~6 minutes of CPU for 25, more on shared CPUs; a GPU
+        # takes the forward passes (about three quarters) off the CPUs.
         runtime=30,
         # On SLURM the plugin asks for this many GPUs (the profile names the partition).
         gpu=0 if config["model"]["device"] == "cpu" else 1,

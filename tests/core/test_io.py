@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from nibabel.filebasedimages import ImageFileError
 
 from myoflow.core import io
 
@@ -53,6 +54,46 @@ def test_nifti_bytes_reproducible_and_scaled(tmp_path):
     np.testing.assert_allclose(image.get_fdata(), data * 0.5)
     np.testing.assert_allclose(image.affine, affine)
     assert image.get_data_dtype() == np.int16
+
+
+@pytest.mark.parametrize("name", ["scaled.nii.gz", "scaled.nii"])
+def test_load_nifti_gives_what_nibabel_load_gives(tmp_path, name):
+    rng = np.random.default_rng(3)
+    array = rng.integers(-2000, 2000, size=(7, 5, 3), dtype=np.int16)
+    affine = np.diag([-2.2, -2.2, 3.0, 1.0])
+    affine[:3, 3] = [10.0, -4.0, 7.5]
+    io.save_nifti(tmp_path / name, array, affine, scl_slope=0.37)
+    ours, theirs = io.load_nifti(tmp_path / name), nib.load(tmp_path / name)
+    assert np.array_equal(ours.get_fdata(dtype=np.float32), theirs.get_fdata(dtype=np.float32))
+    assert np.array_equal(np.asanyarray(ours.dataobj), np.asanyarray(theirs.dataobj))
+    assert np.array_equal(ours.affine, theirs.affine)
+    assert ours.get_data_dtype() == np.int16
+
+
+def test_load_nifti_reads_nifti2(tmp_path):
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    nib.save(nib.Nifti2Image(array, np.eye(4)), tmp_path / "two.nii.gz")
+    assert np.array_equal(io.load_nifti(tmp_path / "two.nii.gz").get_fdata(), array)
+
+
+@pytest.mark.parametrize(
+    "damage, error",
+    [
+        (lambda data: data[: len(data) // 2], EOFError),  # truncated gzip
+        (lambda data: data[:20] + bytes(200) + data[220:], ImageFileError),  # corrupt deflate
+        (lambda data: b"\x1f\x8b" + b"not gzip" * 40, OSError),
+        (lambda data: b"not a nifti at all" * 40, ImageFileError),
+    ],
+)
+def test_load_nifti_damage_raises_what_readers_catch(tmp_path, damage, error):
+    path = tmp_path / "x.nii.gz"
+    rng = np.random.default_rng(0)
+    io.save_nifti(path, rng.integers(0, 1000, (20, 20, 20), dtype=np.int16), np.eye(4))
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(error) as caught:
+        io.load_nifti(path).get_fdata()
+    # The stages turn exactly these into exclusions (participant_files.read_channels).
+    assert isinstance(caught.value, (OSError, EOFError, ValueError, ImageFileError))
 
 
 def test_tsv_round_trip_keeps_ids_as_text(tmp_path):

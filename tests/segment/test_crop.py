@@ -15,6 +15,7 @@ from myoflow.segment.crop import (
     CropSpec,
     crop_geometry,
     crop_participant,
+    inside_volume,
     normalise,
     to_crop,
     uncrop,
@@ -95,6 +96,28 @@ def test_equal_spacing_copies_voxels_and_mirrors_the_left_side():
             np.testing.assert_array_equal(
                 to_crop(volume, GRID.affine_ras(), geometry, order), expected
             )
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize(
+    "hip, spacing",
+    [
+        (HIP, (2.232, 2.232, 3.0)),  # inside, equal spacing
+        (np.array([-68.0, -49.0, 80.0]), (2.232, 2.232, 3.0)),  # over two corners
+        (np.array([55.5, 40.2, -88.9]), (1.7, 2.9, 4.4)),  # over others, another spacing
+        (np.array([400.0, 0.0, 0.0]), (2.232, 2.232, 3.0)),  # wholly outside
+    ],
+)
+def test_inside_volume_is_to_crop_of_ones(side, hip, spacing):
+    # The reference: resampling a whole volume of ones (what crop_side did before).
+    spec = CropSpec(
+        name="test", shape=(16, 12, 20), offset_mm=(9.0, -4.0, 15.0), spacing_mm=spacing
+    )
+    geometry = crop_geometry(spec, hip, side, GRID.affine_ras())
+    expected = to_crop(np.ones(GRID.shape, np.uint8), GRID.affine_ras(), geometry, 0) > 0
+    inside = inside_volume(GRID.shape, GRID.affine_ras(), geometry)
+    assert inside.shape == expected.shape and inside.dtype == bool
+    np.testing.assert_array_equal(inside, expected)
 
 
 def test_left_crop_of_the_mirrored_volume_is_the_right_crop():

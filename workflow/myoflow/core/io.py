@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from isal import igzip
+from isal import igzip, isal_zlib
 
 
 def _process_umask() -> int:
@@ -144,17 +144,51 @@ def save_nifti(
     write_bytes(path, igzip.compress(image.to_bytes(), compresslevel=NIFTI_GZIP_LEVEL, mtime=0))
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+NIFTI2_HEADER_BYTES = 540
+
+
+def load_nifti(path: str | os.PathLike[str]) -> Any:
+    """Read a NIfTI-1 or NIfTI-2 file (gzipped or not) whole into memory; return the
+    nibabel image, whose data then come from memory (``get_fdata``, ``dataobj``).
+
+    What ``nibabel.load`` returns for these files, in about half the CPU time for a
+    gzipped volume: ISA-L inflates the file in one call (about twice as fast as zlib's
+    stream, which nibabel reads through in small chunks).
+
+    Raises:
+        OSError: the file cannot be read, or is not a gzip stream though it starts as one
+            (``gzip.BadGzipFile``).
+        EOFError: the gzip stream is truncated.
+        nibabel.filebasedimages.ImageFileError: the gzip stream is corrupt, or the bytes
+            are not a NIfTI image.
+    """
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+    from nibabel.wrapstruct import WrapStructError
+
+    data = Path(path).read_bytes()
+    try:
+        if data[:2] == GZIP_MAGIC:
+            data = igzip.decompress(data)
+        sizeof_hdr = int.from_bytes(data[:4], "little")
+        nifti2 = NIFTI2_HEADER_BYTES in (sizeof_hdr, int.from_bytes(data[:4], "big"))
+        image_class = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+        return image_class.from_bytes(data)
+    except (isal_zlib.error, HeaderDataError, WrapStructError) as err:
+        raise ImageFileError(f"not a readable NIfTI image: {err}") from err
+
+
 def read_labels(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read a label NIfTI; return (integer array, 4x4 RAS affine).
 
     Raises:
         MetricsError: the stored values are not integers.
     """
-    import nibabel as nib
-
     from myoflow.core.label_grid import MetricsError
 
-    image = nib.load(os.fspath(path))
+    image = load_nifti(path)
     data = np.asanyarray(image.dataobj)
     if not np.issubdtype(data.dtype, np.integer):
         rounded = np.rint(data)

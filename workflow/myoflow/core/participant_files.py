@@ -34,6 +34,7 @@ import numpy as np
 
 from myoflow.core.errors import ParticipantExcluded
 from myoflow.core.grid import lps_axes
+from myoflow.core.io import load_nifti
 
 CHANNELS = ("water", "fat", "in", "opp")
 """The stitched Dixon channels, in the conversion's order."""
@@ -124,7 +125,6 @@ def read_channels(
             convention (:func:`myoflow.core.grid.lps_axes`).
     """
     # nibabel loads here, not at import: the CLI imports every stage's module.
-    import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
     if not names:
@@ -135,7 +135,7 @@ def read_channels(
     affines: dict[str, np.ndarray] = {}
     for name in names:
         try:
-            image = nib.load(files.channel(name))
+            image = load_nifti(files.channel(name))
             data = np.asarray(image.get_fdata(dtype=np.float32))
         except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as err:
             raise ParticipantExcluded(reason, f"dixon/{name}.nii.gz: {err}".rstrip()) from err

@@ -238,6 +238,39 @@ def uncrop(
     return out
 
 
+def inside_volume(
+    stitched_shape: Sequence[int], stitched_affine_ras: np.ndarray, geometry: CropGeometry
+) -> np.ndarray:
+    """The crop voxels that have a stitched voxel to take (bool, the crop's shape): where
+    :func:`to_crop` of a volume of ones with ``order`` 0 is 1.
+
+    Crops are axis-aligned with the stitched grid, so the mask is the outer product of
+    one 1-D mask per axis, each from scipy's own nearest-neighbour rounding: the same
+    voxels as resampling a full-size volume of ones, without building one (14 MB for a
+    full-size participant, about 0.3 CPU s for the cascade's 12 crops).
+    """
+    _, stitched = lps_axes(stitched_affine_ras)
+    matrix, offset = _index_map(geometry.affine_lps, stitched)
+    if np.any(matrix != np.diag(np.diag(matrix))):
+        ones = np.ones(tuple(stitched_shape), np.uint8)
+        return to_crop(ones, stitched_affine_ras, geometry, 0) > 0
+    along = [
+        ndimage.affine_transform(
+            np.ones(int(stitched_shape[a]), np.uint8),
+            matrix[a : a + 1, a : a + 1],
+            offset[a : a + 1],
+            output_shape=(geometry.shape[a],),
+            order=0,
+            mode="grid-constant",
+            cval=0,
+            prefilter=False,
+        )
+        > 0
+        for a in range(3)
+    ]
+    return along[0][:, None, None] & along[1][None, :, None] & along[2][None, None, :]
+
+
 def normalise(
     image: np.ndarray, inside: np.ndarray, percentiles: tuple[float, float]
 ) -> np.ndarray:
@@ -272,7 +305,7 @@ def crop_side(
     """
     geometry = crop_geometry(spec, hip_lps_mm, side, stitched_affine_ras)
     some = np.asarray(next(iter(channels.values())))
-    inside = to_crop(np.ones(some.shape, np.uint8), stitched_affine_ras, geometry, 0) > 0
+    inside = inside_volume(some.shape, stitched_affine_ras, geometry)
     images = []
     for name in spec.channels:
         if name not in channels:
