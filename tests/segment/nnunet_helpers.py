@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +25,16 @@ TARGET_SPACING_MM = [12.0, 12.0, 12.0]  # nnU-Net's axis order (k, j, i); coarse
 PATCH = [32, 32, 32]
 
 
-def tiny_plans(reader: str = "SimpleITKIO") -> dict:
-    """plans.json of a 3-stage PlainConvUNet (4-8-16 features) at 12 mm, as nnU-Net's
-    planner writes it (nnunetv2 2.8.1 keys)."""
-    n_stages = 3
+def tiny_plans(
+    reader: str = "SimpleITKIO",
+    features: Sequence[int] = (4, 8, 16),
+    patch: Sequence[int] = PATCH,
+    spacing_mm: Sequence[float] = TARGET_SPACING_MM,
+) -> dict:
+    """plans.json of a PlainConvUNet, as nnU-Net's planner writes it (nnunetv2 2.8.1 keys):
+    by default 3 stages of 4-8-16 features at 12 mm (tests); bench/nnunet_backend.py asks
+    for nnU-Net's default widths (32 ... 320)."""
+    n_stages = len(features)
     return {
         "dataset_name": "Dataset990_MyoflowTiny",
         "plans_name": "nnUNetPlans",
@@ -41,9 +48,9 @@ def tiny_plans(reader: str = "SimpleITKIO") -> dict:
                 "data_identifier": "nnUNetPlans_3d_fullres",
                 "preprocessor_name": "DefaultPreprocessor",
                 "batch_size": 2,
-                "patch_size": PATCH,
+                "patch_size": list(patch),
                 "median_image_size_in_voxels": [92, 32, 42],
-                "spacing": TARGET_SPACING_MM,
+                "spacing": list(spacing_mm),
                 "normalization_schemes": ["ZScoreNormalization", "ZScoreNormalization"],
                 "use_mask_for_norm": [False, False],
                 "resampling_fn_data": "resample_data_or_seg_to_shape",
@@ -73,10 +80,10 @@ def tiny_plans(reader: str = "SimpleITKIO") -> dict:
                     ),
                     "arch_kwargs": {
                         "n_stages": n_stages,
-                        "features_per_stage": [4, 8, 16],
+                        "features_per_stage": list(features),
                         "conv_op": "torch.nn.modules.conv.Conv3d",
                         "kernel_sizes": [[3, 3, 3]] * n_stages,
-                        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+                        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
                         "n_conv_per_stage": [1] * n_stages,
                         "n_conv_per_stage_decoder": [1] * (n_stages - 1),
                         "conv_bias": True,
@@ -127,6 +134,7 @@ def make_tiny_nnunet_model(
     background_fraction: float = 0.9,
     seed: int = 0,
     reader: str = "SimpleITKIO",
+    **plans: Any,
 ) -> Path:
     """Write a trained-model folder (plans.json, dataset.json, fold_0/checkpoint_final.pth).
 
@@ -136,13 +144,14 @@ def make_tiny_nnunet_model(
         spacings_mm: per case, spacing in (k, j, i) order.
         background_fraction: the share of voxels the untrained network calls background
             (its background bias is set so), the rest scattered over the ten labels.
+        plans: ``features``, ``patch``, ``spacing_mm`` of :func:`tiny_plans`.
     """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.network_initialization import InitWeights_He
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    plans, dataset = tiny_plans(reader), tiny_dataset()
+    plans, dataset = tiny_plans(reader, **plans), tiny_dataset()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plans.json").write_text(json.dumps(plans, indent=2))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
@@ -216,17 +225,14 @@ def _balancing_shift(logits: torch.Tensor, background_fraction: float) -> torch.
     return shift
 
 
-def _pad(tensor: torch.Tensor) -> torch.Tensor:
-    """Pad the last three axes up to the patch size."""
-    missing = [max(p - n, 0) for n, p in zip(tensor.shape[-3:], PATCH, strict=True)]
-    pad = [v for m in reversed(missing) for v in (0, m)]
-    return torch.nn.functional.pad(tensor, pad, value=0)
-
-
-def write_participant(folder: Path, seed: int = 3) -> dict[str, np.ndarray]:
+def write_participant(
+    folder: Path, seed: int = 3, size: str = "small", crop: bool = True
+) -> dict[str, np.ndarray]:
     """One small synthetic participant as the conversion and landmarks stages leave it
     (dixon/{water,fat,in,opp}.nii.gz, int16 as convert writes them; landmarks.json from
-    the true hip centres); returns the stitched channels."""
+    the true hip centres); returns the stitched channels. ``crop``: only the slices from
+    25 cm below to 35 cm above the hips (the small grid's whole body costs the tests twice
+    the time)."""
     from myoflow.core.volume import Volume
     from myoflow.landmarks.record import HipLandmarks, write_landmarks
     from myoflow.synth.geometry import protocol
@@ -235,18 +241,18 @@ def write_participant(folder: Path, seed: int = 3) -> dict[str, np.ndarray]:
     from myoflow.synth.rng import participant_rng
     from myoflow.synth.signal import Artefacts, stitched_channels
 
-    ukbb = protocol("ukbb", "small")
+    ukbb = protocol("ukbb", size)
     row = sample_cohort(seed, 1, "ukbb").to_dict("records")[0]
     phantom = render_participant(row, ukbb.grid, participant_rng(seed, 1, "texture"))
     channels = stitched_channels(
         phantom.water, phantom.fat, ukbb.stations, Artefacts(), np.random.default_rng(seed)
     )
-    # Only the slices from 25 cm below to 35 cm above the hips (the small grid's whole body
-    # costs the tests twice the time); the origin moves with the first slice kept.
-    affine = ukbb.grid.affine_lps()
+    affine = ukbb.grid.affine_lps()  # the origin moves with the first slice kept
     hip_z_mm = (phantom.truth["hip_left_z_mm"] + phantom.truth["hip_right_z_mm"]) / 2
     k_hip = (hip_z_mm - affine[2, 3]) / affine[2, 2]
     first, last = int(max(k_hip - 250 / affine[2, 2], 0)), int(k_hip + 350 / affine[2, 2])
+    if not crop:
+        first, last = 0, phantom.water.shape[2]
     affine[:3, 3] += affine[:3, 2] * first
     channels = {name: volume[:, :, first:last] for name, volume in channels.items()}
     for name, volume in channels.items():

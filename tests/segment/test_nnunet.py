@@ -200,7 +200,7 @@ def test_hips_region_segments_the_box_only_with_a_group_mapping(tiny, tmp_path):
         "iliopsoas_right",
     ]
     labels = np.asarray(nib.load(root / "participants" / "P1" / "seg" / "labels.nii.gz").dataobj)
-    box = tuple(slice(a, b) for a, b in record["box"])
+    box = tuple(slice(a, b) for a, b in record["crop_boxes"][0])
     assert labels[box].size < labels.size / 2  # the box is a part of the volume
     outside = labels.copy()
     outside[box] = 0

@@ -51,4 +51,10 @@ def test_workflow_runs_an_nnunet_model_through_to_the_report(tmp_path):
         labels = nib.load(participants / pid / "seg" / "labels.nii.gz")
         assert labels.shape == water.shape
         assert (participants / pid / "metrics.json").is_file()
+    # The later stages take the nnU-Net labels as they take the V-Net's (segmentation.json
+    # has what measure reads: crop_boxes, label_values).
+    (measured,) = (workdir / "results" / "shards").glob("*/measure.tsv")
+    assert read_tsv(measured)["status"].tolist() == ["ok"] * 3
+    cohort = read_tsv(workdir / "results" / "cohort" / "participants.tsv")
+    assert sorted(cohort["participant_id"]) == sorted(segmented["participant_id"])
     assert (workdir / "results" / "cohort" / "report.html").stat().st_size > 0

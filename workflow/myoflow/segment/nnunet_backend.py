@@ -371,8 +371,8 @@ def segment_arrays(
         box: voxel slices to segment (:func:`hips_box`); None for the whole volume.
     """
     shape = next(iter(channels.values())).shape
-    box = box or tuple(slice(0, n) for n in shape)  # type: ignore[assignment]
-    assert box is not None
+    if box is None:
+        box = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
     origin = np.array([s.start for s in box], dtype=float)
     box_affine = affine.copy()
     box_affine[:3, 3] = affine[:3, :3] @ origin + affine[:3, 3]

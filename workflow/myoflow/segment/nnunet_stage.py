@@ -119,7 +119,9 @@ def segment_one(files: SegmentFiles, participant_id: str, model: NnunetModel) ->
         },
         "device": model.describe_device(),
         "region": model.settings.region,
-        "box": [[s.start, s.stop] for s in segmentation.box],
+        # As the V-Net's: the voxel boxes the labels were confined to (the measure stage
+        # flags muscles touching a box face); one box, the hips box or the whole grid.
+        "crop_boxes": [[[s.start, s.stop] for s in segmentation.box]],
         "label_values": {name: ALL_LABELS[name] for name in provided},
         "label_voxels": label_voxels(segmentation.labels),
         "seconds": {step: round(value, 3) for step, value in seconds.items()}
