@@ -265,3 +265,22 @@ def test_segment_command_runs_the_nnunet_backend(tiny, tmp_path, capsys):
     ]
     assert main([*args[: args.index("--nnunet-dir")], "--channels", "water"]) != 0
     assert "needs --nnunet-dir" in capsys.readouterr().err
+
+
+def test_report_methods_name_the_nnunet_model_and_what_it_does_not_provide():
+    from myoflow.cohort.report_methods import nnunet_summary
+
+    model = {
+        "backend": "nnunetv2",
+        "dir": "/w/Dataset851_TotalSegMRI_part2_muscles_1088subj/nnUNetTrainer__3d_fullres",
+        "folds": [0],
+        "channels": ["in"],
+        "region": "hips",
+        "labels": {19: "iliopsoas_left", 20: "iliopsoas_right", 11: "gluteus_maximus_left"},
+    }
+    text = " ".join(nnunet_summary(model))
+    assert "nnU-Net v2 model nnUNetTrainer__3d_fullres (fold(s) 0; input channels in)" in text
+    assert "mapped to gluteus_maximus_left, iliopsoas_left, iliopsoas_right." in text
+    assert "does not provide psoas_major_left, psoas_major_right, iliacus_left" in text
+    assert "gluteus_maximus_right" in text.split("does not provide")[1]
+    assert "without a psoas major/iliacus split" in text
