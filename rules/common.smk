@@ -3,6 +3,7 @@
 # workflow again): read one TSV, never list DICOM trees.
 
 import json
+import math
 import os
 import shlex
 
@@ -275,6 +276,25 @@ def segment_model_args(wildcards, input):
         ),
     ]
     return " ".join(args + ([] if model["mirroring"] else ["--no-mirroring"]))
+
+
+NNUNET_CPU_SECONDS = {"hips": 80, "whole": 435}
+"""Wall seconds per full-size UK Biobank participant of the nnunetv2 backend on 2 shared
+CPU threads, by region (bench/nnunet_backend.py --size full: a network of nnU-Net's
+default widths, one fold, no mirroring; docs/backends.md)."""
+
+
+def segment_runtime_minutes():
+    """The segmentation job's time limit: the V-Net's 30 minutes, or for nnunetv2 the
+    measured CPU seconds per participant times the shard size, folds and mirroring (8
+    passes), with half again as margin. On a GPU it is far less; the limit only caps it.
+    """
+    model = config["model"]
+    if model["backend"] != "nnunetv2":
+        return 30
+    seconds = NNUNET_CPU_SECONDS[model["region"]] * len(model["folds"])
+    seconds *= 8 if model["mirroring"] else 1
+    return max(30, math.ceil(1.5 * seconds * config["shards"]["size"] / 60))
 
 
 def model_identity():

@@ -32,8 +32,9 @@ rule segment_shard:
         mem_mb=3000,
         # Minutes: ~7 CPU seconds per full-size participant (20 s of wall time on 2 CPUs
         # shared with other work), so ~10 minutes for 25 at worst; a GPU takes the
-        # network's share (about half) to almost nothing.
-        runtime=30,
+        # network's share (about half) to almost nothing. Backend nnunetv2: from its
+        # measured seconds per participant (rules/common.smk).
+        runtime=segment_runtime_minutes(),
         # On SLURM the plugin asks for this many GPUs (the profile names the partition).
         gpu=0 if config["model"]["device"] == "cpu" else 1,
     params:
