@@ -3,6 +3,7 @@
 # workflow again): read one TSV, never list DICOM trees.
 
 import json
+import math
 import os
 import shlex
 
@@ -227,15 +228,104 @@ def model_card():
     return [path] if os.path.exists(path) else []
 
 
+NNUNET_KEYS = (
+    "folds",
+    "checkpoint",
+    "channels",
+    "labels",
+    "region",
+    "hips_margin_mm",
+    "tile_step_size",
+    "mirroring",
+)
+"""The config model keys of backend nnunetv2 (docs/backends.md)."""
+
+
+def nnunet_files():
+    """Backend nnunetv2: the model folder's plans, dataset.json and fold checkpoints."""
+    model = config["model"]
+    files = {
+        "plans": f"{model['dir']}/plans.json",
+        "dataset": f"{model['dir']}/dataset.json",
+    }
+    for fold in model["folds"]:
+        files[f"fold_{fold}"] = f"{model['dir']}/fold_{fold}/{model['checkpoint']}"
+    return files
+
+
+def segment_model_inputs(wildcards):
+    """The model files the segmentation reads: new ones rerun every shard (mtime)."""
+    if config["model"]["backend"] == "nnunetv2":
+        return nnunet_files()
+    return {
+        "weights": f"{config['model']['dir']}/model.pt",
+        "card": f"{config['model']['dir']}/model_card.json",
+    }
+
+
+def segment_model_args(wildcards, input):
+    """`myoflow segment` options naming the model and, for nnunetv2, how to use it."""
+    model = config["model"]
+    if model["backend"] != "nnunetv2":
+        return f"--backend myoflow --model-card {shlex.quote(str(input.card))}"
+    margins = model["hips_margin_mm"]
+    args = [
+        f"--backend nnunetv2 --nnunet-dir {shlex.quote(model['dir'])}",
+        "--folds " + " ".join(str(fold) for fold in model["folds"]),
+        f"--checkpoint {shlex.quote(model['checkpoint'])}",
+        "--channels " + " ".join(model["channels"]),
+        "--labels "
+        + " ".join(f"{int(value)}={name}" for value, name in model["labels"].items()),
+        f"--region {model['region']} --tile-step-size {model['tile_step_size']}",
+        "--hips-margin-mm "
+        + " ".join(
+            str(margins[k])
+            for k in ("lateral", "anterior", "posterior", "superior", "inferior")
+        ),
+    ]
+    return " ".join(args + ([] if model["mirroring"] else ["--no-mirroring"]))
+
+
+NNUNET_CPU_SECONDS = {"hips": 80, "whole": 435}
+"""Wall seconds per full-size UK Biobank participant of the nnunetv2 backend on 2 shared
+CPU threads, by region (bench/nnunet_backend.py --size full: a network of nnU-Net's
+default widths, one fold, no mirroring; docs/backends.md)."""
+
+
+def segment_runtime_minutes():
+    """The segmentation job's time limit: the V-Net's 30 minutes, or for nnunetv2 the
+    measured CPU seconds per participant times the shard size, folds and mirroring (8
+    passes), with half again as margin. On a GPU it is far less; the limit only caps it.
+    """
+    model = config["model"]
+    if model["backend"] != "nnunetv2":
+        return 30
+    seconds = NNUNET_CPU_SECONDS[model["region"]] * len(model["folds"])
+    seconds *= 8 if model["mirroring"] else 1
+    return max(30, math.ceil(1.5 * seconds * config["shards"]["size"] / 60))
+
+
 def model_identity():
     """What decides the configured model's masks, as its card states it ("" without one):
-    the sha256 of its weights and its per-label decision thresholds.
+    the sha256 of its weights and its per-label decision thresholds. Backend nnunetv2: the
+    sha256 of its plans, dataset.json and checkpoints, and the settings of NNUNET_KEYS
+    (hashing reads the checkpoints at parse time: 0.9 s per 256 MiB here).
 
     A param of the segmentation: weights unpacked from an archive or copied with their
     old mtimes are older than the masks, so the mtime trigger alone would miss them, and
     recalibrated thresholds change the masks without touching the weights. One small JSON
     read at parse time (the job itself checks the weights against the card).
     """
+    if config["model"]["backend"] == "nnunetv2":
+        from myoflow.segment.nnunet_backend import sha256_of
+
+        if not all(os.path.exists(path) for path in nnunet_files().values()):
+            return ""  # Snakemake reports the missing inputs
+        hashes = {name: sha256_of(path) for name, path in nnunet_files().items()}
+        settings = {key: config["model"][key] for key in NNUNET_KEYS}
+        return json.dumps(
+            {"sha256": hashes, "settings": settings}, sort_keys=True, default=str
+        )
     for path in model_card():
         with open(path) as handle:
             card = json.load(handle)

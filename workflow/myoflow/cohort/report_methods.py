@@ -7,6 +7,7 @@ software versions and the counts of the analysis tables; nothing here reads file
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -16,6 +17,7 @@ from myoflow.cohort.gather import GatherSettings
 from myoflow.cohort.names import label, readable_formula
 from myoflow.cohort.stats import describe
 from myoflow.cohort.stats.groups import interval_labels
+from myoflow.core.labels import ALL_LABELS, LABELS
 
 SEX_WORDS = {"F": "women", "M": "men"}
 
@@ -88,6 +90,38 @@ def model_summary(card: Mapping[str, Any] | None) -> list[str]:
     return parts or ["The model card holds no architecture, checksum or held-out Dice."]
 
 
+def nnunet_summary(model: Mapping[str, Any]) -> list[str]:
+    """Sentences about an nnU-Net v2 segmentation backend from the config's ``model``
+    section (docs/backends.md), naming the structures its label mapping does not provide."""
+    mapped = {str(name) for name in (model.get("labels") or {}).values()}
+    name = Path(str(model.get("dir", ""))).name or "an nnU-Net v2 model"
+    folds = ", ".join(str(f) for f in model.get("folds") or [])
+    channels = ", ".join(model.get("channels") or [])
+    region = (
+        "a box around the hip joint centres"
+        if model.get("region") == "hips"
+        else "the whole stitched volume"
+    )
+    parts = [
+        f"Muscles were segmented by the nnU-Net v2 model {name} (fold(s) {folds}; input "
+        f"channels {channels}) on {region}, its labels mapped to "
+        + ", ".join(n for n in ALL_LABELS if n in mapped)
+        + "."
+    ]
+    missing = [n for n in LABELS if n not in mapped]
+    if missing:
+        parts.append(
+            "The model does not provide "
+            + ", ".join(missing)
+            + (
+                " (it labels the iliopsoas without a psoas major/iliacus split)."
+                if {"iliopsoas_left", "iliopsoas_right"} & mapped
+                else "."
+            )
+        )
+    return parts
+
+
 def without_phenotypes(tables: Mapping[str, pd.DataFrame]) -> bool:
     """Whether the analysis ran without a phenotype table (its ``analyses`` record says so)."""
     analyses = tables.get("analyses")
@@ -129,7 +163,11 @@ def methods(
             f"The Dixon stations of each participant were stitched onto one grid of {spacing} "
             f"mm voxels" + (f"; protocols: {names}." if names else ".")
         )
-    paragraphs.append(" ".join(model_summary(card)))
+    model = config.get("model", {}) or {}
+    backend_words = (
+        nnunet_summary(model) if model.get("backend") == "nnunetv2" else model_summary(card)
+    )
+    paragraphs.append(" ".join(backend_words))
     keep = (config.get("qc", {}) or {}).get("keep_warnings")
     no_phenotypes = without_phenotypes(tables)
     outliers = (

@@ -35,6 +35,18 @@ LABELS = {
 }
 """Label values of ``{muscle}_{side}`` in every label map."""
 
+GROUP_LABELS = {
+    f"{group}_{side}": max(LABELS.values()) + 1 + 2 * n + k
+    for n, group in enumerate(GROUPS)
+    for k, side in enumerate(SIDES)
+}
+"""Label values of ``{group}_{side}`` (iliopsoas_left 11 ... gluteus_right 14): written only
+by a segmentation backend whose model labels a group without its muscles' split (such as
+TotalSegmentator's iliopsoas); myoflow's own model never writes them."""
+
+ALL_LABELS = LABELS | GROUP_LABELS
+"""Every label value a label map may hold: muscles, and groups without their split."""
+
 COLOURS = {
     "psoas_major": "#e6194b",
     "iliacus": "#f58231",

@@ -306,7 +306,21 @@ def segment_shard(
     Raises:
         MyoflowError: the landmarks table lacks a member (run the landmarks stage first).
     """
-    stage = SegmentStage(segmenter, batch_size, ingest)
+    return run_segment_stage(
+        SegmentStage(segmenter, batch_size, ingest), members, participants_dir, landmarks, log
+    )
+
+
+def run_segment_stage(
+    stage: Any,
+    members: pd.DataFrame,
+    participants_dir: str | os.PathLike[str],
+    landmarks: pd.DataFrame,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Run any backend's segmentation ``stage`` (:class:`SegmentStage`, or
+    :class:`myoflow.segment.nnunet_stage.NnunetSegmentStage`) over a shard, as
+    :func:`segment_shard` describes; return the shard table."""
     return run_shard(
         stage, members, participants_dir, [Upstream(landmarks, "landmarks")], log=log
     ).status
