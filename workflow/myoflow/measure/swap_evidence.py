@@ -31,15 +31,19 @@ class SwapSettings:
     shell_mm: float = 12.0  # depth under the body outline (in-plane) of the outer layer
     core_mm: float = 4.5  # in-plane: a label's core has no other label within this
     core_z_mm: float = 6.0  # the same through-plane
-    outer_mm: float = 5.0  # depth of the outermost layer searched for partial swaps
-    reach_mm: float = 40.0  # references of a region's brightness: within this of it
     shell_weight: float = 1.0  # weight of the outer layer's agreement (-1 .. 1)
     join_weight: float = 1.0  # weight of each join's agreement (-1 .. 1)
     contrast_weight: float = 0.5  # weight of a station's fat / water sign against the rest
     contrast_scale: float = 0.2  # log in-phase difference that counts fully (about x 1.22)
     swap_prior: float = 0.05  # score a labelling loses per station it calls swapped
     min_join_voxels: int = 30  # voxels dominant on both sides that a join needs to count
-    min_region_ml: float = 30.0  # smallest water-labelled outer region: partial swap
+    min_label_share: float = 0.02  # each label's least share of the dominant voxels for
+    # the outer layer to say anything (a swap trades the labels, so it shows both)
+    edge_mm: float = 4.5  # in-plane distance across which a label edge is looked for
+    edge_z_mm: float = 6.0  # the same through-plane
+    edge_ratio: float = 1.15  # in-phase and opposed-phase equal within this factor
+    edge_dip: float = 0.8  # opp / in between the two ends stays above this x the ends'
+    min_edge_ml: float = 10.0  # smallest connected hidden label edge: partial swap
 
 
 @dataclass(frozen=True)
@@ -54,15 +58,20 @@ class StationEvidence:
     watery_core: np.ndarray
     shell_fat: int  # dominant voxels of the outer layer labelled fat
     shell_water: int  # and labelled water
-    outer: np.ndarray  # the outermost ``outer_mm`` of tissue
+    both_labels: bool  # each label holds ``min_label_share`` of the dominant voxels
+    hidden_edges: np.ndarray  # label edges that in-phase and opposed phase do not show
 
     @property
     def shell_agreement(self) -> float | None:
         """(fat - water) / (fat + water) over the outer layer's dominant voxels: near +1
         when labelled as anatomy has it (that layer is subcutaneous fat), near -1 when
-        swapped; None without dominant voxels there."""
+        swapped; None without dominant voxels there, or where the station shows nearly one
+        label only: a swapped body shows both (muscle turned fat, fat turned water), so a
+        station of water-labelled tissue only is not one, whatever its outer layer holds."""
         total = self.shell_fat + self.shell_water
-        return None if total == 0 else (self.shell_fat - self.shell_water) / total
+        if total == 0 or not self.both_labels:
+            return None
+        return (self.shell_fat - self.shell_water) / total
 
     def contrast(self) -> float | None:
         """Median log in-phase of the fat-labelled cores minus that of the water-labelled
@@ -96,8 +105,10 @@ def station_evidence(
         round(settings.core_mm / spacing_kji_mm[1]),
         round(settings.core_mm / spacing_kji_mm[2]),
     )
+    n_fatty, n_watery = int(np.count_nonzero(fatty)), int(np.count_nonzero(watery))
+    tiny = 1e-12 * max(top, 1e-30)  # keeps log finite in air; far below any noise floor
     return StationEvidence(
-        log_in=np.log(np.maximum(i, 1e-12 * max(top, 1e-30))),
+        log_in=np.log(np.maximum(i, tiny)),
         fatty=fatty,
         watery=watery,
         tissue=tissue,
@@ -105,7 +116,19 @@ def station_evidence(
         watery_core=core(watery, radii),
         shell_fat=int(np.count_nonzero(shell & fatty)),
         shell_water=int(np.count_nonzero(shell & watery)),
-        outer=tissue & (depth <= settings.outer_mm),
+        both_labels=min(n_fatty, n_watery) >= settings.min_label_share * (n_fatty + n_watery),
+        hidden_edges=hidden_label_edges(
+            np.log(np.maximum(i, tiny)),
+            np.log(np.maximum(o, tiny)),
+            dominant,
+            fatty,
+            (
+                max(round(settings.edge_z_mm / spacing_kji_mm[0]), 1),
+                max(round(settings.edge_mm / spacing_kji_mm[1]), 1),
+                max(round(settings.edge_mm / spacing_kji_mm[2]), 1),
+            ),
+            settings,
+        ),
     )
 
 
@@ -142,43 +165,70 @@ def join_agreement(
     return n_same, int(np.count_nonzero(both)) - n_same
 
 
-def outer_regions(evidence: StationEvidence, voxel_ml: float, min_ml: float) -> list[np.ndarray]:
-    """Connected (26-neighbour) water-labelled parts of the outer layer of at least
-    ``min_ml``, largest first: where a correctly labelled body has subcutaneous fat."""
-    labelled, n = ndimage.label(
-        evidence.outer & evidence.watery, structure=np.ones((3, 3, 3), dtype=bool)
-    )
-    if n == 0:
-        return []
-    sizes = np.bincount(labelled[labelled > 0], minlength=n + 1)[1:]
-    order = [int(v) + 1 for v in np.argsort(-sizes) if sizes[v] * voxel_ml >= min_ml]
-    return [labelled == v for v in order]
+def hidden_label_edges(
+    log_in: np.ndarray,
+    log_opp: np.ndarray,
+    dominant: np.ndarray,
+    fatty: np.ndarray,
+    steps_kji: Sequence[int],
+    settings: SwapSettings = SwapSettings(),
+) -> np.ndarray:
+    """Label edges that the swap-invariant images do not show: the outline of a region
+    whose water and fat were traded.
 
+    A pair of dominant voxels ``steps_kji`` apart along one axis is a hidden edge when
+    one is labelled fat-dominant and the other water-dominant, yet their in-phase and
+    their opposed phase are equal within ``edge_ratio``, and opp / in does not dip
+    (below ``edge_dip`` x the smaller of the two ends') on the voxels between them. Both
+    voxels and those between are marked.
 
-def looks_like_fat(
-    evidence: StationEvidence, region: np.ndarray, reach_vox: Sequence[int]
-) -> tuple[bool, float, float] | None:
-    """Whether a water-labelled outer region is as bright in-phase as the fat-labelled
-    outer layer around it rather than the water-labelled tissue under it (its own
-    station, within ``reach_vox`` (k, j, i) voxels of its bounding box, where a smooth
-    bias is nearly one factor). None where either reference is missing.
+    Why this singles out swaps: in-phase (W + F) and opposed phase (|W - F|) are the same
+    whichever solution is called water, so a swap's border is invisible in them, while a
+    real border between fat- and water-dominant tissue shows in one of two ways. Either
+    the two tissues differ in brightness, or the voxels that straddle the border mix
+    both (partial volume, and the trilinear resampling of ``myoflow convert``), whose
+    signals cancel in the opposed phase (the dark rim of opposed-phase images). Every
+    test is a ratio of two channels of one voxel or of one channel at two voxels a few
+    mm apart, so no gain, scaling or smooth coil bias moves it.
 
-    Returns:
-        (fat-like, log distance to the fat reference, log distance to the water one).
+    Args:
+        log_in, log_opp: log in-phase and log opposed phase (k, j, i).
+        dominant: voxels dominated by water or fat, by both the labels and opp / in.
+        fatty: dominant voxels labelled fat-dominant.
+        steps_kji: pair distance in voxels along k, j and i (about one acquired voxel:
+            on a grid upsampled twofold it spans the interpolated voxel between two
+            acquired ones, over which a sharp edge is spread).
+        settings: ``edge_ratio`` and ``edge_dip``.
     """
-    box = tuple(
-        slice(max(int(idx.min()) - r, 0), int(idx.max()) + r + 1)
-        for idx, r in zip(np.nonzero(region), reach_vox, strict=True)
-    )
-    log_in = evidence.log_in[box]
-    fat_ref = evidence.outer[box] & evidence.fatty[box]
-    water_ref = ~evidence.outer[box] & evidence.watery_core[box]
-    if not fat_ref.any() or not water_ref.any():
-        return None
-    level = float(np.median(log_in[region[box]]))
-    to_fat = abs(level - float(np.median(log_in[fat_ref])))
-    to_water = abs(level - float(np.median(log_in[water_ref])))
-    return to_fat < to_water, to_fat, to_water
+    edges = np.zeros(dominant.shape, dtype=bool)
+    log_ratio = log_opp - log_in
+    same = np.log(settings.edge_ratio)
+    dip = np.log(settings.edge_dip)
+    for axis, step in enumerate(steps_kji):
+        n = dominant.shape[axis]
+        if step < 1 or n <= step:
+            continue
+
+        def part(offset: int, axis=axis, step=step, n=n) -> tuple[slice, ...]:
+            """Voxels ``offset`` along ``axis`` from the pairs' first ends."""
+            index = [slice(None)] * dominant.ndim
+            index[axis] = slice(offset, n - step + offset)
+            return tuple(index)
+
+        first, last = part(0), part(step)
+        pair = (
+            dominant[first]
+            & dominant[last]
+            & (fatty[first] != fatty[last])
+            & (np.abs(log_in[first] - log_in[last]) < same)
+            & (np.abs(log_opp[first] - log_opp[last]) < same)
+        )
+        floor = np.minimum(log_ratio[first], log_ratio[last]) + dip
+        for offset in range(1, step):
+            pair &= log_ratio[part(offset)] >= floor
+        for offset in range(step + 1):
+            edges[part(offset)] |= pair
+    return edges
 
 
 def local_maximum(stack: np.ndarray, radii: Sequence[int]) -> np.ndarray:

@@ -1,6 +1,39 @@
 """Fat-water swaps, station by station (:func:`detect_swaps`).
 
-DOC
+Two-point Dixon reconstruction picks, voxel by voxel, which of two solutions is water;
+when it picks wrong over a station or a region of one, "water" and "fat" trade places
+while the in-phase (W + F) and opposed-phase (|W - F|) images stay as they were. Which
+label is right cannot be read from brightness alone: another scanner, flip angle or
+vendor scaling moves fat against muscle (docs/appearance.md: from about equal to twice as
+bright), and gains differ between stations. So every decision here rests on relations
+that no gain, scaling or smooth coil bias changes (docs/swaps.md says why each holds):
+
+- **Whole-station swaps** (:func:`_labelling`). Each station's outer layer (the
+  ``shell_mm`` under the skin) is subcutaneous fat, so its dominant voxels should be
+  labelled fat; anatomy continues across a station join, so the labels of the slices on
+  either side of it should agree; and the sign of fat- against water-labelled brightness
+  is the participant's, which most stations set. Every labelling of the stations as
+  swapped or not is scored on all three, and the best one is taken: a station whose outer
+  layer looks water can still be called clean when its joins and contrast say so (necks
+  and shoulders with thin fat), and a swapped station is found from its joins even where
+  its outer layer is thin.
+- **Partial swaps** (:func:`~myoflow.measure.swap_evidence.hidden_label_edges`). A
+  swapped region's border is a label edge that in-phase and opposed phase do not show:
+  the labels flip from fat- to water-dominant between two voxels a few mm apart whose
+  in-phase and opposed phase are equal and between which opp / in does not dip. A real
+  border between fat and muscle shows in one of them, as a change in brightness or as the
+  cancelling of the voxels that straddle it in the opposed phase. A station whose such
+  edges form a connected sheet of ``min_edge_ml`` or more is a partial swap; the decision
+  names where the sheet lies (right/left, anterior/posterior of the body centre).
+- ``undetermined``: a channel is missing or no tissue is dominated by water or fat.
+
+Each station is judged on its own slices (those no other station covers): stitching
+blends overlapping stations, which mixes a swapped station's signals with its neighbour's.
+
+Internally the channels are handled slice-first, indexed (k, j, i): NIfTI readers hand
+over Fortran-ordered (i, j, k) arrays, whose transpose is C-ordered, so each station's
+slab is a contiguous view instead of a copy. Every statistic used (counts, medians,
+connected regions) does not depend on the order voxels are visited in.
 """
 
 from __future__ import annotations
@@ -18,8 +51,6 @@ from myoflow.measure.swap_evidence import (
     SwapSettings,
     join_agreement,
     local_maximum,
-    looks_like_fat,
-    outer_regions,
     station_evidence,
 )
 
@@ -53,8 +84,8 @@ class SwapDecision:
     k_stop: int
     status: str  # one of SWAP_STATUSES
     score: float | None  # share of the outer layer's dominant voxels labelled water
-    region_ml: float  # volume of the largest connected contradicting region
-    region: str  # where that region lies, e.g. "right anterior"; "" if none
+    edge_ml: float  # volume of the largest connected hidden label edge (partial swaps)
+    region: str  # where that edge lies in the body, e.g. "right anterior"; "" if none
     reason: str
 
     @property
@@ -151,7 +182,7 @@ def detect_swaps(
     swapped = _labelling(evidence, joins, settings)
     decisions = []
     for n, (station, k, ev) in enumerate(zip(stations, own, evidence, strict=True)):
-        args = (n + 1, station, k, ev, affine, voxel_ml, spacing)
+        args = (n + 1, station, k, ev, affine, voxel_ml)
         if not (ev.fatty.any() or ev.watery.any()):
             decisions.append(_undetermined(n + 1, station, "no tissue dominated by water or fat"))
         else:
@@ -243,13 +274,11 @@ def _labelling(
     return labellings[int(np.argmax(score))]
 
 
-def _judge(
-    number, station, k, ev, affine, voxel_ml, spacing, swapped, joins, settings
-) -> SwapDecision:
-    """One station's verdict: whole swap from the labelling; otherwise a partial swap is
-    a connected region of water-labelled cores whose in-phase lies on the fat side of both
-    their neighbourhood's midpoint and the station's (its subcutaneous fat against its
-    water-labelled tissue), where those differ enough."""
+def _judge(number, station, k, ev, affine, voxel_ml, swapped, joins, settings) -> SwapDecision:
+    """One station's verdict: a whole swap from the joint labelling; otherwise a partial
+    swap where its hidden label edges
+    (:func:`~myoflow.measure.swap_evidence.hidden_label_edges`) form a connected sheet of
+    at least ``min_edge_ml``."""
     agreement = ev.shell_agreement
     score = None if agreement is None else (1 - agreement) / 2
     own_joins = [j for j in joins if number - 1 in (j.lower, j.upper)]
@@ -264,41 +293,19 @@ def _judge(
         f" {join_text or 'no join'}"
     )
     if swapped:
-        return SwapDecision(
-            number,
-            station[0],
-            station[1],
-            "swap",
-            score,
-            float(ev.fatty.sum() + ev.watery.sum()) * voxel_ml,
-            "",
-            f"whole station swapped: {summary}",
-        )
-    reach = (
-        round(settings.reach_mm / 2 / spacing[0]),
-        round(settings.reach_mm / spacing[1]),
-        round(settings.reach_mm / spacing[2]),
-    )
-    contradicting = np.zeros_like(ev.watery)
-    looked = []
-    for region in outer_regions(ev, voxel_ml, settings.min_region_ml):
-        verdict = looks_like_fat(ev, region, reach)
-        if verdict is None:
-            continue
-        looked.append(verdict)
-        if verdict[0]:
-            contradicting |= region
-    region_ml, where = _largest_region(contradicting, ev.tissue, affine, k, voxel_ml)
+        # Its edges are its joins, which the labelling has weighed: no edge volume.
+        reason = f"whole station swapped: {summary}"
+        return SwapDecision(number, station[0], station[1], "swap", score, 0.0, "", reason)
+    edge_ml, where = _largest_region(ev.hidden_edges, ev.tissue, affine, k, voxel_ml)
     summary += (
-        f"; {len(looked)} water-labelled outer regions of {settings.min_region_ml:g} ml or more,"
-        f" {sum(v[0] for v in looked)} as bright as the fat around them;"
-        f" largest {region_ml:.1f} ml"
+        f"; largest label edge that in-phase and opposed phase do not show {edge_ml:.1f} ml"
+        f" (a partial swap from {settings.min_edge_ml:g} ml)"
     )
-    if region_ml >= settings.min_region_ml:
+    if edge_ml >= settings.min_edge_ml:
         status, reason = "partial_swap", f"region swapped ({where}): {summary}"
     else:
         status, reason, where = "ok", summary, ""
-    return SwapDecision(number, station[0], station[1], status, score, region_ml, where, reason)
+    return SwapDecision(number, station[0], station[1], status, score, edge_ml, where, reason)
 
 
 def _largest_region(
