@@ -190,11 +190,17 @@ def judged(index, kind, artefacts: Artefacts, decisions, label: str, seconds: fl
         "artefacts": artefacts.summary(),
         # Largest hidden label edge outside the planted swap: what a threshold must clear.
         "largest_clean_edge_ml": max(
-            (d.edge_ml for d in decisions if d.station not in planted), default=0.0
+            (flagged_ml(d) for d in decisions if d.station not in planted), default=0.0
         ),
-        "flags": " ".join(f"{d.station}:{d.status}:{d.edge_ml:.1f}ml" for d in flagged),
+        "flags": " ".join(f"{d.station}:{d.status}:{flagged_ml(d):.1f}ml" for d in flagged),
         "detect_cpu_s": seconds,
     }
+
+
+def flagged_ml(decision) -> float:
+    """The volume a decision flags on: ``edge_ml``, or ``region_ml`` (the contradicting
+    region) for a baseline swaps.py from before issue 18."""
+    return getattr(decision, "edge_ml", getattr(decision, "region_ml", 0.0))
 
 
 def report(table: pd.DataFrame, label: str) -> None:
@@ -219,7 +225,8 @@ def report(table: pd.DataFrame, label: str) -> None:
     )
     largest = clean["largest_clean_edge_ml"]
     print(
-        f"  clean acquisitions, largest hidden label edge per participant: median"
+        f"  clean acquisitions, largest hidden label edge (baseline: contradicting region)"
+        f" per participant: median"
         f" {largest.median():.1f} ml, 99th percentile {largest.quantile(0.99):.1f} ml,"
         f" max {largest.max():.1f} ml (min_edge_ml {swaps.SwapSettings().min_edge_ml})"
     )
