@@ -3,9 +3,10 @@ scaling moves (used by :func:`myoflow.measure.swaps.detect_swaps`; the method is
 module docstring).
 
 Arrays here are one station's own slices indexed (k, j, i), as swaps.py hands them over.
-Every statistic is a count, a sign or a difference of log intensities within one station,
-so a station's gain, the vendor's scaling and a smooth coil bias (locally a constant
-factor) leave it unchanged.
+Every statistic is a count, a sign, a ratio of two channels at one voxel or a difference
+of log intensities within one station (thresholds on intensity are fractions of the
+station's own 99th percentile), so a station's gain, the vendor's scaling and a smooth
+coil bias (locally a constant factor) leave it unchanged.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from scipy import ndimage
 
 @dataclass(frozen=True)
 class SwapSettings:
-    """Thresholds of :func:`myoflow.measure.swaps.detect_swaps` (defaults tuned on
-    synthetic participants of both appearances, bench/swaps.py).
+    """Thresholds of :func:`myoflow.measure.swaps.detect_swaps`: set on 16 + 16
+    synthetic participants of seed 2024 (standard and randomised appearance) and checked
+    on seed 7 (bench/swaps.py; docs/swaps.md).
 
     Widths are in mm, not voxels of the stitched grid: partial volume reaches as far as
     the acquisition's voxels spread it, whatever grid the stations were stitched onto.
