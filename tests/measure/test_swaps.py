@@ -118,7 +118,7 @@ def test_a_body_without_fat_labelled_tissue_is_not_called_swapped():
 
 
 def test_swaps_are_found_whatever_the_scaling(scaled_toy):
-    # Per-station gains of x9.7 and x0.13 and a smooth bias of up to x1.5 over the body
+    # Per-station gains of x9.7 and x0.13 and a smooth bias from x0.64 to x1.42
     # (the same for all four channels, as a receive coil and a vendor's scaling are)
     # change no decision.
     whole = np.zeros((40, 36, 30), dtype=bool)
