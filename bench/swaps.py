@@ -17,8 +17,8 @@ acquisitions with another version of swaps.py, for a before / after table.
 A clean acquisition is a false positive if any station is flagged ``swap`` or
 ``partial_swap``; a swapped one is found if any is (and "named exactly" if the flagged
 stations are the swapped one). Issue 5 asks for sensitivity >= 0.95 and specificity
->= 0.99 on at least 200 participants. The clean acquisitions' flagged regions are listed
-with their volume, so a change of settings can be judged by how far it clears them.
+>= 0.99 on at least 200 participants. The clean acquisitions' largest hidden label edges are
+summarised by their volume, so a change of settings can be judged by how far it clears them.
 """
 
 from __future__ import annotations
@@ -188,13 +188,19 @@ def judged(index, kind, artefacts: Artefacts, decisions, label: str, seconds: fl
         "named_exactly": {d.station for d in flagged} == planted,
         "undetermined": sum(d.status == "undetermined" for d in decisions),
         "artefacts": artefacts.summary(),
-        # Largest contradicting region outside the planted swap: what a threshold must clear.
-        "largest_clean_region_ml": max(
-            (d.region_ml for d in decisions if d.station not in planted), default=0.0
+        # Largest hidden label edge outside the planted swap: what a threshold must clear.
+        "largest_clean_edge_ml": max(
+            (flagged_ml(d) for d in decisions if d.station not in planted), default=0.0
         ),
-        "flags": " ".join(f"{d.station}:{d.status}:{d.region_ml:.1f}ml" for d in flagged),
+        "flags": " ".join(f"{d.station}:{d.status}:{flagged_ml(d):.1f}ml" for d in flagged),
         "detect_cpu_s": seconds,
     }
+
+
+def flagged_ml(decision) -> float:
+    """The volume a decision flags on: ``edge_ml``, or ``region_ml`` (the contradicting
+    region) for a baseline swaps.py from before issue 18."""
+    return getattr(decision, "edge_ml", getattr(decision, "region_ml", 0.0))
 
 
 def report(table: pd.DataFrame, label: str) -> None:
@@ -217,11 +223,12 @@ def report(table: pd.DataFrame, label: str) -> None:
         f"  specificity {1 - fp / len(clean):.3f} ({len(clean) - fp}/{len(clean)} clean"
         f" participants without a flag)   target >= 0.99"
     )
-    largest = clean["largest_clean_region_ml"]
+    largest = clean["largest_clean_edge_ml"]
     print(
-        f"  clean acquisitions, largest contradicting region per participant: median"
+        f"  clean acquisitions, largest hidden label edge (baseline: contradicting region)"
+        f" per participant: median"
         f" {largest.median():.1f} ml, 99th percentile {largest.quantile(0.99):.1f} ml,"
-        f" max {largest.max():.1f} ml (min_region_ml {swaps.SwapSettings().min_region_ml})"
+        f" max {largest.max():.1f} ml (min_edge_ml {swaps.SwapSettings().min_edge_ml})"
     )
     print(
         f"  undetermined stations: {int(table['undetermined'].sum())};"

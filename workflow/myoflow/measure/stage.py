@@ -87,7 +87,7 @@ from myoflow.measure.swaps import SwapDecision, SwapError, detect_swaps, station
 STAGE = "metrics"
 """The stage a participant that cannot be measured is excluded at (as the cohort names it)."""
 
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2  # 2: scale-free swap decisions (edge_ml replaces region_ml)
 """Version of the measurement (metrics, swap decisions, overlay); bump it when they change."""
 
 CHANNELS = ("water", "fat", "in", "opp")
