@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from myoflow.core.fields import smooth_field
 from myoflow.synth.geometry import Grid, Station
 
 CHANNELS = ("water", "fat", "in", "opp")
@@ -124,18 +125,8 @@ def bias_field(
     shape: tuple[int, int, int], rng: np.random.Generator, amplitude: float = BIAS_AMPLITUDE
 ) -> np.ndarray:
     """A smooth multiplicative coil sensitivity over a volume (mean ~1, within
-    +-``amplitude``, 12 % by default).
-
-    A second-order polynomial in normalised coordinates, exponentiated: smooth, positive,
-    and separable enough to evaluate cheaply on a full station.
-    """
-    axes = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
-    x, y, z = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
-    c = rng.normal(0.0, 1.0, 9).astype(np.float32)
-    terms = c[0] * x + c[1] * y + c[2] * z + c[3] * x * x + c[4] * y * y + c[5] * z * z
-    terms = terms + c[6] * x * y + c[7] * x * z + c[8] * y * z
-    peak = float(np.max(np.abs(terms))) or 1.0
-    return np.exp(terms * (amplitude / peak)).astype(np.float32)
+    +-``amplitude``, 12 % by default): :func:`myoflow.core.fields.smooth_field`."""
+    return smooth_field(shape, rng, amplitude)
 
 
 def swap_region(shape: tuple[int, int, int], centre, radii) -> np.ndarray:

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from myoflow.synth.signal import bias_field
+from myoflow.core.fields import smooth_field
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class ChannelLook:
     zoom: float = 1.0
     gamma: float = 1.0
     inverted: bool = False
-    bias_seed: int | None = None  # of the coil field's polynomial (synth.signal.bias_field)
+    bias_seed: int | None = None  # of the coil field's polynomial (core.fields.smooth_field)
     bias_amplitude: float = 0.0
 
 
@@ -156,7 +156,7 @@ def _one_channel(x: np.ndarray, look: ChannelLook, rng: np.random.Generator) -> 
     if look.gamma != 1.0:
         x = _gamma(x, look.gamma, look.inverted, inside if inside.any() else None)
     if look.bias_seed is not None:
-        x = x * bias_field(x.shape, np.random.default_rng(look.bias_seed), look.bias_amplitude)
+        x = x * smooth_field(x.shape, np.random.default_rng(look.bias_seed), look.bias_amplitude)
     return np.where(inside, x, 0.0).astype(np.float32)
 
 
