@@ -37,6 +37,9 @@ def test_workflow_runs_an_nnunet_model_through_to_the_report(tmp_path):
         "tile_step_size": 1.0,
         "mirroring": False,
     }
+    # Water kept after the run (the default removes it, docs/storage.md): the labels are
+    # compared with the stitched grid below.
+    config["keep"] = {"stitched": "water_fat"}
     path.write_text(yaml.safe_dump(config))
     run_workflow(workdir)
 
