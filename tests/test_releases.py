@@ -132,7 +132,9 @@ def test_release_r1_runs_every_stage_to_the_report(released):
     assert planned_shards(released.first_output) == {"r1-0000"}
     # The r1 snapshot holds every stage's files (else the mtime check below is void).
     names = {path.name for path in released.r1_files}
-    assert {"water.nii.gz", "landmarks.json", "segment.tsv", "measure.tsv"} <= names
+    # (The stitched channels themselves are removed after measure: keep.stitched: none.)
+    assert {"acquisition.json", "removed.json", "landmarks.json", "labels.nii.gz"} <= names
+    assert {"segment.tsv", "measure.tsv"} <= names
 
 
 def test_release_r2_runs_only_its_shard_then_the_gathers_and_cohort(released):
