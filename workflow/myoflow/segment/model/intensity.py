@@ -97,6 +97,7 @@ def random_intensity(
         bias_seed = int(rng.integers(2**31))
         amplitude = float(rng.uniform(0.1, 0.3))
         odds = settings.odds()
+        inverted = bool(u[6] < odds["inverted_gamma"])  # wins over the plain gamma
         looks.append(
             ChannelLook(
                 noise_sigma=float(noise) if u[0] < odds["noise"] else 0.0,
@@ -104,14 +105,8 @@ def random_intensity(
                 brightness=float(brightness) if u[2] < odds["brightness"] else 1.0,
                 contrast=float(contrast) if u[3] < odds["contrast"] else 1.0,
                 zoom=float(zoom) if u[4] < odds["low_resolution"] else 1.0,
-                gamma=float(
-                    inverted_gamma
-                    if u[6] < odds["inverted_gamma"]
-                    else gamma
-                    if u[5] < odds["gamma"]
-                    else 1.0
-                ),
-                inverted=bool(u[6] < odds["inverted_gamma"]),
+                gamma=float(inverted_gamma if inverted else gamma if u[5] < odds["gamma"] else 1.0),
+                inverted=inverted,
                 bias_seed=bias_seed if u[7] < odds["bias_field"] else None,
                 bias_amplitude=amplitude,
             )
