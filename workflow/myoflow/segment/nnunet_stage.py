@@ -11,7 +11,6 @@ whose marker is newer than its inputs and records the same provenance.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from myoflow.segment.stage import (
     SHARD_COLUMNS,
     STAGE,
     SegmentFiles,
+    current_segmentation,
     read_channels,
 )
 
@@ -57,18 +57,12 @@ def _record(written: dict[str, Any], provided: list[str]) -> dict[str, Any]:
 
 
 def complete_record(files: SegmentFiles, model: NnunetModel) -> dict[str, Any] | None:
-    """A participant's shard-table record if its outputs are current, else None."""
-    try:
-        written = json.loads(files.segmentation.read_text())
-        marker = files.segmentation.stat().st_mtime_ns
-        # Channels removed on purpose count with the time their files had (keep.stitched).
-        newer = all(marker > mtime for mtime in files.input_mtimes_ns(model.settings.channels))
-    except (OSError, ValueError):
-        return None
-    provenance = json.loads(json.dumps(model.provenance(SEGMENT_VERSION)))
-    if not (newer and files.labels.is_file()) or written.get("provenance") != provenance:
-        return None
-    return _record(written, provided_labels(model))
+    """A participant's shard-table record if its outputs are current, else None
+    (:func:`myoflow.segment.stage.current_segmentation`)."""
+    written = current_segmentation(
+        files, model.settings.channels, model.provenance(SEGMENT_VERSION)
+    )
+    return None if written is None else _record(written, provided_labels(model))
 
 
 def segment_one(files: SegmentFiles, participant_id: str, model: NnunetModel) -> dict[str, Any]:

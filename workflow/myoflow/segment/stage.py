@@ -196,25 +196,33 @@ def _record(segmentation_json: Mapping[str, Any], config: Mapping[str, Any]) -> 
 
 
 def complete_record(files: SegmentFiles, segmenter: Segmenter) -> dict[str, Any] | None:
-    """A participant's shard-table record if its outputs are current, else None.
+    """A participant's shard-table record if its outputs are current, else None
+    (:func:`current_segmentation`)."""
+    written = current_segmentation(files, model_channels(segmenter.config), segmenter.provenance())
+    return None if written is None else _record(written, segmenter.config)
+
+
+def current_segmentation(
+    files: SegmentFiles, channels: Sequence[str], provenance: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """A participant's ``segmentation.json`` if its outputs are current, else None; any
+    backend's.
 
     Current means: ``labels.nii.gz`` exists and ``segmentation.json`` is newer than
     ``landmarks.json`` and the channels read (channels removed on purpose count with the
-    time their files had), and was written with the same weights,
-    model config and :data:`SEGMENT_VERSION`.
+    time their files had), and was written with ``provenance`` (weights, model config,
+    :data:`SEGMENT_VERSION`).
     """
-    channels = model_channels(segmenter.config)
     try:
         written = json.loads(files.segmentation.read_text())
         marker = files.segmentation.stat().st_mtime_ns
         newer = all(marker > mtime for mtime in files.input_mtimes_ns(channels))
     except (OSError, ValueError):
         return None
-    if not (newer and files.labels.is_file()) or written.get("provenance") != json.loads(
-        json.dumps(segmenter.provenance())  # as JSON stores it: tuples become lists
-    ):
+    as_stored = json.loads(json.dumps(provenance))  # as JSON stores it: tuples become lists
+    if not (newer and files.labels.is_file()) or written.get("provenance") != as_stored:
         return None
-    return _record(written, segmenter.config)
+    return written
 
 
 def segment_one(
